@@ -1,0 +1,210 @@
+"""The uniform mixture of diagonal Gaussians used as the variational posterior."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch.distributions import Distribution, Normal, constraints
+
+
+def _as_size(sample_shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
+    if isinstance(sample_shape, int):
+        return torch.Size((sample_shape,))
+    return torch.Size(sample_shape)
+
+
+class MixtureNormal(Distribution):
+    r"""Uniform mixture of ``S`` diagonal Gaussians, one per encoder.
+
+    .. math::
+        q_{\mathrm{mix}}(z \mid x) = \frac{1}{S} \sum_{j=1}^{S} \mathcal{N}(z; \mu_j(x),
+        \operatorname{diag} \sigma_j^2(x))
+
+    The weights are fixed to ``1/S`` by design: learned weights collapse onto one component.
+
+    The object is usable where scvi-tools expects ``qz``: :attr:`loc` is the mixture mean and
+    :attr:`scale` the square root of the mixture's marginal variance. Unlike
+    :class:`torch.distributions.Normal`, :meth:`log_prob` returns the density of the whole latent
+    vector (summed over the latent dimension), because a mixture does not factorise over
+    dimensions.
+
+    Parameters
+    ----------
+    component_loc
+        Component means, shape ``[S, B, D]``.
+    component_scale
+        Component standard deviations, shape ``[S, B, D]``.
+
+    Examples
+    --------
+    >>> q = MixtureNormal(torch.zeros(3, 8, 2), torch.ones(3, 8, 2))
+    >>> z = q.rsample(4)  # four draws from every component
+    >>> z.shape
+    torch.Size([4, 3, 8, 2])
+    >>> q.log_prob(z).shape
+    torch.Size([4, 3, 8])
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "component_loc": constraints.real,
+        "component_scale": constraints.positive,
+    }
+    has_rsample = True
+
+    def __init__(self, component_loc: torch.Tensor, component_scale: torch.Tensor):
+        if component_loc.dim() < 2:
+            raise ValueError(
+                "component_loc must have shape [S, ..., D] with a leading component axis, "
+                f"got shape {tuple(component_loc.shape)}."
+            )
+        if component_loc.shape != component_scale.shape:
+            raise ValueError(
+                f"component_loc {tuple(component_loc.shape)} and component_scale "
+                f"{tuple(component_scale.shape)} must have the same shape."
+            )
+        self.component_loc = component_loc
+        self.component_scale = component_scale
+        super().__init__(
+            batch_shape=component_loc.shape[1:-1],
+            event_shape=component_loc.shape[-1:],
+            validate_args=False,
+        )
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components ``S``."""
+        return self.component_loc.shape[0]
+
+    # moments ---------------------------------------------------------------------------------
+    @property
+    def loc(self) -> torch.Tensor:
+        """Mixture mean, shape ``[B, D]``."""
+        return self.component_loc.mean(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Marginal variance of each latent dimension, ``[B, D]`` (law of total variance)."""
+        within = self.component_scale.square().mean(0)
+        between = self.component_loc.var(0, unbiased=False)
+        return within + between
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Marginal standard deviation of each latent dimension, ``[B, D]``."""
+        return self.variance.sqrt()
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.scale
+
+    # components ------------------------------------------------------------------------------
+    def component(self, k: int) -> Normal:
+        """Component ``k`` as a :class:`~torch.distributions.Normal` with shape ``[B, D]``."""
+        return Normal(self.component_loc[k], self.component_scale[k])
+
+    # sampling --------------------------------------------------------------------------------
+    def rsample(self, sample_shape: int | tuple[int, ...] | torch.Size = ()) -> torch.Tensor:
+        """Reparameterised draws stratified over components.
+
+        Every component draws ``sample_shape`` samples of its own, which is what MISELBO
+        averages over.
+
+        Returns
+        -------
+        Tensor of shape ``[*sample_shape, S, B, D]``.
+        """
+        shape = _as_size(sample_shape) + self.component_loc.shape
+        eps = torch.randn(shape, dtype=self.component_loc.dtype, device=self.component_loc.device)
+        return self.component_loc + eps * self.component_scale
+
+    def sample(self, sample_shape: int | tuple[int, ...] | torch.Size = ()) -> torch.Tensor:
+        """Stratified draws without gradients; see :meth:`rsample`."""
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def sample_mixture(
+        self, sample_shape: int | tuple[int, ...] | torch.Size = ()
+    ) -> torch.Tensor:
+        """Ancestral draws from the mixture: pick a component uniformly, then draw from it.
+
+        Returns
+        -------
+        Tensor of shape ``[*sample_shape, B, D]``, distributed as :math:`q_{\\mathrm{mix}}`.
+        """
+        shape = _as_size(sample_shape)
+        n_components = self.n_components
+        index = torch.randint(
+            n_components, shape + self.batch_shape, device=self.component_loc.device
+        )
+        # gather the chosen component's parameters without looping over components
+        loc = self.component_loc.movedim(0, -1)  # [B, D, S]
+        scale = self.component_scale.movedim(0, -1)
+        index = index.unsqueeze(-1).unsqueeze(-1).expand(*index.shape, loc.shape[-2], 1)
+        loc = torch.gather(loc.expand(*shape, *loc.shape), -1, index).squeeze(-1)
+        scale = torch.gather(scale.expand(*shape, *scale.shape), -1, index).squeeze(-1)
+        with torch.no_grad():
+            return loc + torch.randn_like(loc) * scale
+
+    # densities -------------------------------------------------------------------------------
+    def component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Log density of every component at ``z``.
+
+        Parameters
+        ----------
+        z
+            Points of shape ``[..., B, D]``; stratified draws ``[L, S, B, D]`` are fine.
+
+        Returns
+        -------
+        Tensor of shape ``[..., S, B]``: entry ``j`` is :math:`\\log q_j(z)`.
+        """
+        z = z.unsqueeze(-3)
+        var = self.component_scale.square()
+        log_density = (
+            -((z - self.component_loc) ** 2) / (2 * var)
+            - self.component_scale.log()
+            - 0.5 * math.log(2 * math.pi)
+        )
+        return log_density.sum(-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        r"""Log density of the uniform mixture, :math:`\log \frac1S \sum_j q_j(z)`.
+
+        Parameters
+        ----------
+        z
+            Points of shape ``[..., B, D]``.
+
+        Returns
+        -------
+        Tensor of shape ``[..., B]``.
+        """
+        return torch.logsumexp(self.component_log_prob(z), dim=-2) - math.log(self.n_components)
+
+    def own_component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Log density of each stratified draw under the component that drew it.
+
+        Parameters
+        ----------
+        z
+            Stratified draws of shape ``[..., S, B, D]`` (from :meth:`rsample`).
+
+        Returns
+        -------
+        Tensor of shape ``[..., S, B]``: :math:`\\log q_s(z_s)`.
+        """
+        return Normal(self.component_loc, self.component_scale).log_prob(z).sum(-1)
+
+    def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+        """Posterior probability of each component having produced ``z``, ``[..., S, B]``."""
+        return torch.softmax(self.component_log_prob(z), dim=-2)
+
+    def __repr__(self) -> str:
+        s, *batch, d = self.component_loc.shape
+        return f"MixtureNormal(n_components={s}, batch_shape={tuple(batch)}, n_latent={d})"

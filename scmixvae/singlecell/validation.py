@@ -1,0 +1,56 @@
+"""Checks that a matrix holds raw counts, with errors that name the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class CountDataError(ValueError):
+    """The matrix given as counts is not a matrix of raw counts."""
+
+
+def _values(matrix) -> np.ndarray:
+    if sp.issparse(matrix):
+        return matrix.data
+    return np.asarray(matrix)
+
+
+def check_counts(matrix, where: str = "adata.X", chunk_rows: int = 50_000) -> None:
+    """Raise :class:`CountDataError` unless ``matrix`` holds finite non-negative integers.
+
+    Dense and sparse matrices are accepted, float dtypes included as long as every value is a
+    whole number; sparse matrices are checked on their stored values only, and dense ones a
+    block of rows at a time, so nothing is densified.
+
+    Parameters
+    ----------
+    matrix
+        Cells x genes.
+    where
+        How to name the matrix in the message (``"adata.layers['counts']"``).
+    chunk_rows
+        Rows checked at a time for dense or backed input.
+    """
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise CountDataError(f"{where} is empty (shape {tuple(matrix.shape)}).")
+    n_rows = matrix.shape[0]
+    for start in range(0, n_rows, chunk_rows if not sp.issparse(matrix) else n_rows):
+        block = matrix[start : start + chunk_rows] if not sp.issparse(matrix) else matrix
+        values = _values(block)
+        if not np.issubdtype(values.dtype, np.number):
+            raise CountDataError(f"{where} has non-numeric dtype {values.dtype}.")
+        if np.issubdtype(values.dtype, np.floating):
+            if not np.isfinite(values).all():
+                raise CountDataError(
+                    f"{where} contains NaN or infinite values; counts must be finite."
+                )
+            if (values != np.round(values)).any():
+                example = values[values != np.round(values)][0]
+                raise CountDataError(
+                    f"{where} contains non-integer values (e.g. {example:.4g}); "
+                    "MixSCVI models raw counts. Pass the raw counts (often "
+                    "adata.layers['counts'] or adata.raw) via setup_anndata(layer=...)."
+                )
+        if (values < 0).any():
+            raise CountDataError(f"{where} contains negative values; counts must be >= 0.")
