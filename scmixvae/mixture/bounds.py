@@ -130,6 +130,63 @@ def mixture_log_weights(
     return log_px_z + log_pz - qz.log_prob(z)
 
 
+def accumulate_log_weights(
+    log_weight_fn: Callable[[int], torch.Tensor],
+    n_samples_per_component: int,
+    chunk_size: int = 100,
+) -> torch.Tensor:
+    r"""Log-sum-exp of stratified importance log-weights over draws, per component.
+
+    Parameters
+    ----------
+    log_weight_fn
+        ``log_weight_fn(k)`` draws ``k`` samples per component and returns their log-weights,
+        shape ``[k, S, B]``.
+    n_samples_per_component
+        Total draws per component ``K``, produced ``chunk_size`` at a time.
+    chunk_size
+        Draws per component per call of ``log_weight_fn`` (the memory bound).
+
+    Returns
+    -------
+    ``[S, B]``: :math:`\log \sum_k w_{s,k}`; finish with :func:`log_likelihood_from_sums`.
+    """
+    if n_samples_per_component < 1:
+        raise ValueError(f"n_samples_per_component must be >= 1, got {n_samples_per_component}.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    running: torch.Tensor | None = None
+    remaining = n_samples_per_component
+    while remaining > 0:
+        k = min(chunk_size, remaining)
+        log_w = log_weight_fn(k)
+        if log_w.dim() != 3 or log_w.shape[0] != k:
+            raise ValueError(
+                f"log_weight_fn({k}) must return shape [{k}, S, B], got {tuple(log_w.shape)}."
+            )
+        chunk = torch.logsumexp(log_w, dim=0)
+        running = chunk if running is None else torch.logaddexp(running, chunk)
+        remaining -= k
+    assert running is not None
+    return running
+
+
+def log_likelihood_from_sums(
+    log_sums: torch.Tensor, n_samples_per_component: int, estimator: NLLEstimator = "mixture"
+) -> torch.Tensor:
+    """Finish :func:`accumulate_log_weights` into a log-likelihood estimate per observation.
+
+    ``"mixture"``: one log-mean-exp over all ``S * K`` weights (tight). ``"per_component"``:
+    the mean over components of each one's log-mean-exp (the method's reference code; looser).
+    """
+    if estimator == "mixture":
+        total = log_sums.shape[0] * n_samples_per_component
+        return torch.logsumexp(log_sums, dim=0) - math.log(total)
+    if estimator == "per_component":
+        return (log_sums - math.log(n_samples_per_component)).mean(0)
+    raise ValueError(f"estimator must be 'mixture' or 'per_component', got {estimator!r}.")
+
+
 def importance_sampled_log_likelihood(
     log_weight_fn: Callable[[int], torch.Tensor],
     n_samples_per_component: int,
@@ -159,27 +216,7 @@ def importance_sampled_log_likelihood(
     -------
     Estimate per observation, ``[B]``.
     """
-    if n_samples_per_component < 1:
-        raise ValueError(f"n_samples_per_component must be >= 1, got {n_samples_per_component}.")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if estimator not in ("mixture", "per_component"):
         raise ValueError(f"estimator must be 'mixture' or 'per_component', got {estimator!r}.")
-    running: torch.Tensor | None = None  # logsumexp over draws so far, per component: [S, B]
-    remaining = n_samples_per_component
-    while remaining > 0:
-        k = min(chunk_size, remaining)
-        log_w = log_weight_fn(k)
-        if log_w.dim() != 3 or log_w.shape[0] != k:
-            raise ValueError(
-                f"log_weight_fn({k}) must return shape [{k}, S, B], got {tuple(log_w.shape)}."
-            )
-        chunk = torch.logsumexp(log_w, dim=0)
-        running = chunk if running is None else torch.logaddexp(running, chunk)
-        remaining -= k
-    assert running is not None
-    n_components = running.shape[0]
-    if estimator == "mixture":
-        total = n_components * n_samples_per_component
-        return torch.logsumexp(running, dim=0) - math.log(total)
-    return (running - math.log(n_samples_per_component)).mean(0)
+    sums = accumulate_log_weights(log_weight_fn, n_samples_per_component, chunk_size)
+    return log_likelihood_from_sums(sums, n_samples_per_component, estimator)

@@ -9,6 +9,29 @@ import torch
 from torch.distributions import Distribution, Normal, constraints
 
 
+def gaussian_log_prob_matrix(
+    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Log densities of ``N`` points under ``M`` diagonal Gaussians, ``[N, M]``.
+
+    Expands the squared Mahalanobis distance into three matrix products, so no ``[N, M, D]``
+    tensor is formed (the VampPrior evaluates every draw against ``S x K`` Gaussians).
+
+    Parameters
+    ----------
+    z
+        ``[N, D]``.
+    loc, scale
+        ``[M, D]``.
+    """
+    precision = scale.pow(-2)
+    quadratic = (
+        z.square() @ precision.T - 2 * z @ (loc * precision).T + (loc.square() * precision).sum(-1)
+    )
+    log_norm = scale.log().sum(-1) + 0.5 * z.shape[-1] * math.log(2 * math.pi)
+    return -0.5 * quadratic - log_norm
+
+
 def _as_size(sample_shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
     if isinstance(sample_shape, int):
         return torch.Size((sample_shape,))

@@ -367,7 +367,7 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         return_mean: bool = True,
         dataloader: Iterator[dict[str, torch.Tensor]] | None = None,
         estimator: NLLEstimator = "mixture",
-        n_mc_samples_per_pass: int = 100,
+        n_mc_samples_per_pass: int | None = None,
         **kwargs,
     ) -> float | torch.Tensor:
         """Importance-sampled marginal log-likelihood with the mixture as proposal.
@@ -381,7 +381,7 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             ``"per_component"``: mean over components of each one's log-mean-exp, as in the
             method's reference code.
         n_mc_samples_per_pass
-            Draws per component per forward pass; lower it if memory is short.
+            Draws per component per forward pass; by default sized to keep a pass under ~1 GB.
         **kwargs
             Other arguments of :meth:`scvi.model.SCVI.get_marginal_ll`.
 

@@ -24,6 +24,9 @@ from scmixvae.mixture.bounds import NLLEstimator
 
 Objective = Literal["miselbo", "ensemble"]
 OBJECTIVES = ("miselbo", "ensemble")
+# bound on decoded values (draws x cells x genes) per importance-sampling pass: ~10 float32
+# tensors of this size are alive at once, so 2e7 keeps a pass under 1 GB
+MAX_ELEMENTS_PER_PASS = 20_000_000
 
 
 def _reshape_leading(tensor: torch.Tensor | None, n_flat: int, shape: tuple[int, ...]):
@@ -376,7 +379,7 @@ class MixVAE(VAE):
         tensors: dict[str, torch.Tensor],
         n_mc_samples: int,
         return_mean: bool = False,
-        n_mc_samples_per_pass: int = 100,
+        n_mc_samples_per_pass: int | None = None,
         estimator: NLLEstimator = "mixture",
     ) -> torch.Tensor | float:
         """Importance-sampled :math:`\\log p(x)` with the mixture as proposal.
@@ -391,12 +394,18 @@ class MixVAE(VAE):
         return_mean
             Return the mean over cells as a float.
         n_mc_samples_per_pass
-            Samples per component drawn per forward pass (memory bound).
+            Samples per component drawn per forward pass. By default as many as keep one pass
+            under ``MAX_ELEMENTS_PER_PASS`` decoded values (draws x cells x genes).
         estimator
             ``"mixture"`` (tight, default) or ``"per_component"`` (the method's reference code);
             see :func:`~scmixvae.mixture.importance_sampled_log_likelihood`.
         """
         per_component = max(1, n_mc_samples // self.n_components)
+        if n_mc_samples_per_pass is None:
+            n_cells, n_genes = tensors[REGISTRY_KEYS.X_KEY].shape
+            n_mc_samples_per_pass = MAX_ELEMENTS_PER_PASS // (
+                self.n_components * n_cells * n_genes
+            )
         log_lik = importance_sampled_log_likelihood(
             lambda k: self.log_importance_weights(tensors, k),
             per_component,

@@ -1,0 +1,187 @@
+"""Building blocks of the image VAEs: gated dense layers, IAF, masked (PixelCNN) convolutions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from scmixvae.mixture import StackedLinear
+
+
+class GatedDense(nn.Module):
+    """``h = W_h x * sigmoid(W_g x)`` (Dauphin et al.), as in the VampPrior architectures."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2 * n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(g)
+
+
+class StackedGatedDense(nn.Module):
+    """``S`` gated dense layers in one call; input ``[B, n_in]`` (shared) or ``[B, S, n_in]``."""
+
+    def __init__(self, n_stack: int, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = StackedLinear(n_stack, n_in, 2 * n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(g)
+
+
+class GaussianHead(nn.Module):
+    """Mean and log-variance (clamped to ``[-6, 2]`` by hardtanh, as in VampPrior's code)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.loc = nn.Linear(n_in, n_out)
+        self.log_var = nn.Linear(n_in, n_out)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(h), torch.exp(0.5 * F.hardtanh(self.log_var(h), -6.0, 2.0))
+
+
+class StackedGaussianHead(nn.Module):
+    """Stacked :class:`GaussianHead`: ``[B, S, n_in]`` -> loc, scale ``[S, B, n_out]``."""
+
+    def __init__(self, n_stack: int, n_in: int, n_out: int):
+        super().__init__()
+        self.loc = StackedLinear(n_stack, n_in, n_out)
+        self.log_var = StackedLinear(n_stack, n_in, n_out)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.loc(h).movedim(-2, 0)
+        scale = torch.exp(0.5 * F.hardtanh(self.log_var(h), -6.0, 2.0)).movedim(-2, 0)
+        return loc, scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Inverse autoregressive flow
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask (MADE)."""
+
+    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor):
+        super().__init__(n_in, n_out)
+        self.register_buffer("mask", mask.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Autoregressive network: output ``i`` depends on inputs ``< i`` only (Germain et al.)."""
+
+    def __init__(self, n_dim: int, n_hidden: int, n_out_per_dim: int = 2):
+        super().__init__()
+        self.n_dim, self.n_out_per_dim = n_dim, n_out_per_dim
+        degrees_in = torch.arange(1, n_dim + 1)
+        degrees_hidden = torch.arange(n_hidden) % max(1, n_dim - 1) + 1
+        mask_in = (degrees_hidden[:, None] >= degrees_in[None, :]).float()
+        degrees_out = degrees_in.repeat(n_out_per_dim)
+        mask_out = (degrees_out[:, None] > degrees_hidden[None, :]).float()
+        self.hidden = MaskedLinear(n_dim, n_hidden, mask_in)
+        self.out = MaskedLinear(n_hidden, n_dim * n_out_per_dim, mask_out)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.out(F.elu(self.hidden(z)))
+        return out.chunk(self.n_out_per_dim, dim=-1)
+
+
+class IAFStep(nn.Module):
+    """One inverse-autoregressive-flow step ``z' = sigma(z) * z + (1 - sigma(z)) * m(z)``.
+
+    The numerically stable form of Kingma et al. (2016); ``log |det dz'/dz| = sum log sigma``.
+    """
+
+    def __init__(self, n_dim: int, n_hidden: int, reverse: bool):
+        super().__init__()
+        self.made = MADE(n_dim, n_hidden)
+        self.reverse = reverse
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reverse:  # alternate the autoregressive order between steps
+            z = z.flip(-1)
+        m, s = self.made(z)
+        gate = torch.sigmoid(s + 1.5)  # start close to the identity
+        z_new = gate * z + (1 - gate) * m
+        log_det = torch.log(gate).sum(-1)
+        if self.reverse:
+            z_new = z_new.flip(-1)
+        return z_new, log_det
+
+
+class IAF(nn.Module):
+    """A stack of :class:`IAFStep`; returns the transformed draws and ``log |det J|``."""
+
+    def __init__(self, n_dim: int, n_steps: int = 2, n_hidden: int = 100):
+        super().__init__()
+        self.steps = nn.ModuleList(
+            IAFStep(n_dim, n_hidden, reverse=i % 2 == 1) for i in range(n_steps)
+        )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        for step in self.steps:
+            z, step_log_det = step(z)
+            log_det = log_det + step_log_det
+        return z, log_det
+
+
+# ---------------------------------------------------------------------------------------------
+# PixelCNN
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Convolution that sees only pixels above, and to the left on the same row.
+
+    Mask ``"A"`` also hides the centre pixel (first layer: the output at ``i`` must not see
+    pixel ``i``); mask ``"B"`` keeps it (later layers).
+    """
+
+    def __init__(self, mask_type: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}.")
+        _, _, height, width = self.weight.shape
+        mask = torch.ones_like(self.weight)
+        mask[:, :, height // 2, width // 2 + (mask_type == "B") :] = 0
+        mask[:, :, height // 2 + 1 :] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+class PixelCNNDecoder(nn.Module):
+    """Bernoulli PixelCNN over a 28x28 image, conditioned on a latent code.
+
+    The code is mapped to a 28x28 map and added to every layer's pre-activation, so the
+    autoregressive masks apply to the pixels only.
+    """
+
+    def __init__(self, n_code: int, n_channels: int = 32, n_layers: int = 4, image_side: int = 28):
+        super().__init__()
+        self.side = image_side
+        self.code_to_map = nn.Linear(n_code, image_side * image_side)
+        self.first = MaskedConv2d("A", 1, n_channels, 7, padding=3)
+        self.hidden = nn.ModuleList(
+            MaskedConv2d("B", n_channels, n_channels, 3, padding=1) for _ in range(n_layers - 1)
+        )
+        self.condition = nn.ModuleList(nn.Conv2d(1, n_channels, 1) for _ in range(n_layers))
+        self.out = nn.Conv2d(n_channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits ``[N, side*side]`` for images ``x [N, side*side]``."""
+        n = x.shape[0]
+        image = x.view(n, 1, self.side, self.side)
+        cond = self.code_to_map(code).view(n, 1, self.side, self.side)
+        h = F.relu(self.first(image) + self.condition[0](cond))
+        for conv, cond_conv in zip(self.hidden, self.condition[1:], strict=True):
+            h = F.relu(conv(h) + cond_conv(cond))
+        return self.out(h).view(n, -1)

@@ -1,0 +1,41 @@
+"""The notebooks execute top to bottom (reduced setting) and produce their figures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_are_found_and_stored_without_outputs():
+    assert [p.name for p in NOTEBOOKS] == ["01_pbmc_mixscvi.ipynb", "02_mnist_mixture_vae.ipynb"]
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCMIXVAE_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("SCMIXVAE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    ).execute()
+    images = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(images) >= 4, f"{path.name} produced {len(images)} figures"
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert os.environ["SCMIXVAE_NOTEBOOK_SMOKE"] == "1"
