@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from anndata import AnnData
+from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -32,7 +34,14 @@ from scmixvae.mixture import component_responsibilities, generalized_jsd
 from scmixvae.mixture.bounds import NLLEstimator
 
 from .module import MixVAE, Objective
-from .validation import check_counts
+from .safety import (
+    NonFiniteLossGuard,
+    RNGStateCheckpoint,
+    TrainingDivergedError,
+    atomic_save_dir,
+    check_same_genes,
+)
+from .validation import check_counts, warn_empty_cells_and_genes
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +193,10 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         for key in [*(categorical_covariate_keys or []), *(continuous_covariate_keys or [])]:
             if key not in adata.obs:
                 raise KeyError(f"covariate {key!r} is not a column of adata.obs.")
-        check_counts(
-            adata.X if layer is None else adata.layers[layer],
-            where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
-        )
+        counts = adata.X if layer is None else adata.layers[layer]
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_counts(counts, where=where)
+        warn_empty_cells_and_genes(counts, where)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -200,6 +209,85 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
+
+    # training, saving, loading ------------------------------------------------------------------
+    def train(self, *args, callbacks: list | None = None, **kwargs):
+        """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`.
+
+        Every argument of ``SCVI.train`` works (``max_epochs``, ``batch_size``,
+        ``early_stopping``, ``plan_kwargs``, ``accelerator``, ``devices``, ``strategy``, ...),
+        plus Lightning's ``ckpt_path`` to resume from a checkpoint (pass a
+        :class:`~lightning.pytorch.callbacks.ModelCheckpoint` in ``callbacks`` to write them).
+        Two guards are added: checkpoints also hold the random-number generators, so a resumed
+        run continues exactly as the uninterrupted one would; and a NaN or infinite loss stops
+        training, restores the weights of the last complete epoch and raises
+        :class:`~scmixvae.singlecell.safety.TrainingDivergedError`.
+        """
+        guard = NonFiniteLossGuard()
+        if any(isinstance(c, ModelCheckpoint) for c in callbacks or []):
+            kwargs.setdefault("enable_checkpointing", True)  # scvi-tools turns it off otherwise
+        callbacks = [*(callbacks or []), guard, RNGStateCheckpoint()]
+        result = super().train(*args, callbacks=callbacks, **kwargs)
+        if guard.failure is not None:
+            epoch, step = guard.failure
+            raise TrainingDivergedError(
+                f"the training loss became NaN or infinite in epoch {epoch} (step {step}); "
+                f"training stopped and the weights at the end of epoch {guard.good_epoch} were "
+                "restored. Lower the learning rate (plan_kwargs={'lr': ...}) or check the input."
+            )
+        return result
+
+    def save(
+        self,
+        dir_path: str,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the model like scvi-tools does, atomically.
+
+        Files are written to a temporary directory beside ``dir_path`` and moved into place
+        one by one, so a crash or a full disk during the save leaves the previous model
+        loadable. Arguments as :meth:`scvi.model.SCVI.save`.
+        """
+        atomic_save_dir(
+            lambda tmp: super(MixSCVI, self).save(
+                tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs
+            ),
+            dir_path,
+            overwrite,
+        )
+
+    @classmethod
+    def load(
+        cls, dir_path: str, adata: AnnData | None = None, prefix: str | None = None, **kwargs
+    ):
+        """Load a saved model, checking that ``adata`` has exactly the genes it was trained on.
+
+        Raises
+        ------
+        GeneMismatchError
+            If ``adata``'s genes (or their order) differ from the saved model's.
+        """
+        if adata is not None:
+            path = Path(dir_path) / f"{prefix or ''}model.pt"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist: not a saved model directory.")
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            check_same_genes(saved["var_names"], adata.var_names, f"the model saved in {dir_path}")
+        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is not None and self.adata is not None and adata is not self.adata:
+            check_same_genes(self.adata.var_names, adata.var_names, "the model's training genes")
+            if self.get_anndata_manager(adata) is None:  # a new AnnData: check its counts
+                layer = self.adata_manager.registry["setup_args"].get("layer")
+                check_counts(
+                    adata.X if layer is None else adata.layers[layer],
+                    where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
+                )
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     # ------------------------------------------------------------------------------------------
     def _minibatches(

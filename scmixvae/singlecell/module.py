@@ -24,6 +24,7 @@ from scmixvae.mixture.bounds import NLLEstimator
 
 Objective = Literal["miselbo", "ensemble"]
 OBJECTIVES = ("miselbo", "ensemble")
+MAX_COMPONENTS = 128
 # bound on decoded values (draws x cells x genes) per importance-sampling pass: ~10 float32
 # tensors of this size are alive at once, so 2e7 keeps a pass under 1 GB
 MAX_ELEMENTS_PER_PASS = 20_000_000
@@ -104,6 +105,11 @@ class MixVAE(VAE):
     ):
         if not isinstance(n_components, int | np.integer) or n_components < 1:
             raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
+        if n_components > MAX_COMPONENTS:
+            raise ValueError(
+                f"n_components={n_components} is beyond the supported {MAX_COMPONENTS}: every "
+                "training step decodes S draws per cell, and MISELBO's gains flatten long before."
+            )
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if n_particles < 1:
@@ -217,7 +223,8 @@ class MixVAE(VAE):
 
         ql = None
         if self.use_observed_lib_size:
-            library = torch.log(x.sum(1)).unsqueeze(1)
+            # a cell without counts would give log(0); flooring at one count leaves others as scVI
+            library = torch.log(x.sum(1).clamp(min=1.0)).unsqueeze(1)
             library = library.expand(*draws, *library.shape)
         else:
             ql, library = self.l_encoder(encoder_input, batch_index, *categorical)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -54,3 +56,31 @@ def check_counts(matrix, where: str = "adata.X", chunk_rows: int = 50_000) -> No
                 )
         if (values < 0).any():
             raise CountDataError(f"{where} contains negative values; counts must be >= 0.")
+
+
+def warn_empty_cells_and_genes(matrix, where: str = "adata.X") -> tuple[int, int]:
+    """Warn about cells and genes without a single count; return how many of each.
+
+    Both are kept: a cell without counts gets a library size of one count (instead of
+    ``log 0``), a gene without counts costs compute but carries no signal. Filtering them
+    (``sc.pp.filter_cells(adata, min_counts=1)``, ``sc.pp.filter_genes(adata, min_cells=1)``)
+    is usually better.
+    """
+    cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
+    gene_totals = np.asarray(matrix.sum(axis=0)).ravel()
+    n_cells, n_genes = int((cell_totals == 0).sum()), int((gene_totals == 0).sum())
+    if n_cells:
+        warnings.warn(
+            f"{n_cells} cells in {where} have no counts; they are kept with a library size of "
+            "one count. Remove them with sc.pp.filter_cells(adata, min_counts=1).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if n_genes:
+        warnings.warn(
+            f"{n_genes} genes in {where} have no counts in any cell; they carry no signal. "
+            "Remove them with sc.pp.filter_genes(adata, min_cells=1).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return n_cells, n_genes
