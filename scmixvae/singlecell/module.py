@@ -344,13 +344,19 @@ class MixVAE(VAE):
             loss = torch.mean(reconst_loss + kl_weight * kl_z + kl_l)
         else:
             loss = -bound.mean()
-        with torch.no_grad():
-            jsd = generalized_jsd(qz, z).mean() if self.n_components > 1 else torch.zeros(())
+        extra_metrics = {}
+        # scvi-tools 1.4 logs extra metrics under inference_mode, which breaks the metric sync
+        # of multi-process (DDP) training; the JSD stays available there via the model methods
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            with torch.no_grad():
+                extra_metrics["jsd"] = (
+                    generalized_jsd(qz, z).mean() if self.n_components > 1 else torch.zeros(())
+                )
         return LossOutput(
             loss=loss,
             reconstruction_loss=reconst_loss,
             kl_local={MODULE_KEYS.KL_L_KEY: kl_l, MODULE_KEYS.KL_Z_KEY: kl_z},
-            extra_metrics={"jsd": jsd},
+            extra_metrics=extra_metrics,
         )
 
     def _library_prior(self, batch_index: torch.Tensor) -> Normal:
