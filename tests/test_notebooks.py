@@ -23,7 +23,8 @@ def test_notebooks_are_found_and_stored_without_outputs():
 def test_notebook_executes(path, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SCMIXVAE_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("SCMIXVAE_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # figures must render inline even where CI sets MPLBACKEND=Agg for everything else
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
