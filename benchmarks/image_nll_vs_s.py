@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 
 from scmixvae.image.training import ImageTrainConfig, evaluate, train
 from scmixvae.io import atomic_path
+
+from ._report import write_report
 
 HERE = Path(__file__).parent
 
@@ -92,10 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m benchmarks.image_nll_vs_s " + " ".join(argv or []),
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"image_{args.arch}_{args.dataset}"
-    with atomic_path(stem.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2))
     lines = [
         f"# {args.arch} mixture VAE on {args.dataset}: test NLL vs S",
         "",
@@ -110,8 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{r['negative_bound']:.2f} | {r['jsd']:.3f} | {r['seconds_per_epoch']:.1f} |"
         for r in rows
     ]
-    with atomic_path(stem.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_report(stem, payload, lines)
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     s_values = [r["S"] for r in rows]

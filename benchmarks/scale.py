@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._report import write_report
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -50,6 +52,22 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process (Linux >= 4.0) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_gb() -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return None
+
+
 def run_child(args: argparse.Namespace) -> dict:
     import anndata as ad
     import scvi
@@ -67,6 +85,7 @@ def run_child(args: argparse.Namespace) -> dict:
         del adata
         adata = ad.read_h5ad(path, backed="r")
     rss_data = _peak_rss_gb()
+    reset = _reset_peak_rss()
     MixSCVI.setup_anndata(adata)
     model = MixSCVI(adata, n_components=args.components)
     steps_per_epoch = -(-adata.n_obs // args.batch_size)
@@ -99,7 +118,12 @@ def run_child(args: argparse.Namespace) -> dict:
         "generate_seconds": generate_seconds,
         "peak_rss_gb_after_data": rss_data,
         "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb_during_training": _peak_rss_since_reset_gb() if reset else None,
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -136,9 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("scale_backed" if args.backed else "scale")
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     lines = [
         f"# MixSCVI (S={args.components}) scaling with the number of cells",
         "",
@@ -146,18 +168,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{', on-disk (backed) AnnData' if args.backed else ''}; batch {args.batch_size}; "
         "2 CPU cores; one process per size.",
         "",
-        "| cells | non-zeros | steps run | s / step | s / epoch | peak RSS after data (GB) "
-        "| peak RSS (GB) |",
+        "| cells | non-zeros | steps run | s / step | s / epoch | peak RSS building the data "
+        "(GB) | peak RSS while training (GB) |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['n_cells']:,} | {r['nnz']:,} | {r['steps_run']} of {r['steps_per_epoch']} | "
         f"{r['seconds_per_step']:.3f} | {r['seconds_per_epoch']:.0f}"
         f"{' (extrapolated)' if r['epoch_time_extrapolated'] else ''} | "
-        f"{r['peak_rss_gb_after_data']:.2f} | {r['peak_rss_gb']:.2f} |"
+        f"{r['peak_rss_gb_after_data']:.2f} | {_fmt(r.get('peak_rss_gb_during_training'))} |"
         for r in rows
     ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(stem, rows, lines)
     print("\n".join(lines))
     return rows
 

@@ -114,7 +114,9 @@ def umap_mixture(
     if missing:
         raise KeyError(f"{missing} not in adata.obs; run scmixvae.tl.mixscvi first.")
     if ax is None:
-        _, ax = plt.subplots(1, len(colors), figsize=(4.2 * len(colors), 3.8))
+        _, ax = plt.subplots(
+            1, len(colors), figsize=(5.0 * len(colors), 4.0), layout="constrained"
+        )
     for axis, c in zip(np.atleast_1d(ax), colors, strict=True):
         sc.pl.umap(adata, color=c, ax=axis, show=False, **kwargs)
     return _finish(ax, show, save)

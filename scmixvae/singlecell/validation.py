@@ -12,18 +12,25 @@ class CountDataError(ValueError):
     """The matrix given as counts is not a matrix of raw counts."""
 
 
-def _values(matrix) -> np.ndarray:
+def _value_blocks(matrix, chunk_rows: int, chunk_values: int):
+    """The stored values in blocks, so checks never allocate a full-size temporary."""
     if sp.issparse(matrix):
-        return matrix.data
-    return np.asarray(matrix)
+        data = matrix.data
+        for start in range(0, len(data), chunk_values):
+            yield data[start : start + chunk_values]
+        return
+    for start in range(0, matrix.shape[0], chunk_rows):
+        yield np.asarray(matrix[start : start + chunk_rows])
 
 
-def check_counts(matrix, where: str = "adata.X", chunk_rows: int = 50_000) -> None:
+def check_counts(
+    matrix, where: str = "adata.X", chunk_rows: int = 50_000, chunk_values: int = 10_000_000
+) -> None:
     """Raise :class:`CountDataError` unless ``matrix`` holds finite non-negative integers.
 
     Dense and sparse matrices are accepted, float dtypes included as long as every value is a
-    whole number; sparse matrices are checked on their stored values only, and dense ones a
-    block of rows at a time, so nothing is densified.
+    whole number; sparse matrices are checked on their stored values only, in blocks, and dense
+    ones a block of rows at a time, so nothing is densified or copied whole.
 
     Parameters
     ----------
@@ -33,13 +40,12 @@ def check_counts(matrix, where: str = "adata.X", chunk_rows: int = 50_000) -> No
         How to name the matrix in the message (``"adata.layers['counts']"``).
     chunk_rows
         Rows checked at a time for dense or backed input.
+    chunk_values
+        Stored values checked at a time for sparse input.
     """
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise CountDataError(f"{where} is empty (shape {tuple(matrix.shape)}).")
-    n_rows = matrix.shape[0]
-    for start in range(0, n_rows, chunk_rows if not sp.issparse(matrix) else n_rows):
-        block = matrix[start : start + chunk_rows] if not sp.issparse(matrix) else matrix
-        values = _values(block)
+    for values in _value_blocks(matrix, chunk_rows, chunk_values):
         if not np.issubdtype(values.dtype, np.number):
             raise CountDataError(f"{where} has non-numeric dtype {values.dtype}.")
         if np.issubdtype(values.dtype, np.floating):

@@ -1,0 +1,18 @@
+"""Writing a benchmark's results: JSON for machines, markdown for people, both atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scmixvae.io import atomic_path
+
+
+def write_report(stem: Path, payload: Any, lines: list[str]) -> None:
+    """Write ``stem.json`` (``payload``) and ``stem.md`` (``lines``), creating the folder."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(stem.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

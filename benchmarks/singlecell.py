@@ -1,0 +1,308 @@
+"""MixSCVI against scvi-tools SCVI and against an independently trained ensemble, on real data.
+
+Protocols (see issue 7 and the method's paper):
+
+1. clustering: a fixed train / validation / test split (by ``--split-seed``); MixSCVI with
+   S = 1..5 (n_latent 10, n_hidden 128, ZINB, Adam lr 1e-3, batch 512, early stopping on the
+   validation cells); on the test cells KMeans with as many clusters as labelled types -> ARI,
+   NMI; silhouette of the labels; a linear SVM (C = 0.025) trained on half of the test cells and
+   scored on the other half; for two feature sets: the mixture-mean latent, and the paper's
+   concatenation of every component's means and variances. Repeated over training seeds.
+2. leiden on the test cells' latent (as scanpy users cluster), ARI / NMI against the labels.
+3. held-out marginal log-likelihood per test cell (importance sampling, mixture proposal, tight
+   estimator) for MixSCVI S = 1..5, the ensemble objective at the largest S, and SCVI.
+4. cost: seconds per epoch of each model relative to SCVI, from the same runs.
+
+Writes ``benchmarks/results/singlecell_<dataset>.{json,md}`` and ``..._metrics.png`` /
+``..._umap.png``.
+
+Usage::
+
+    python -m benchmarks.singlecell --datasets mouse_bladder worm_neuron sorted_pbmc \
+        --components 1 2 3 4 5 --seeds 0 1 2 --max-epochs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scvi
+from sklearn.cluster import KMeans
+from sklearn.metrics import (
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+    silhouette_score,
+)
+from sklearn.svm import SVC
+
+from scmixvae import MixSCVI
+from scmixvae.datasets import load_counts
+from scmixvae.io import atomic_path
+
+from ._report import write_report
+
+RESULTS = Path(__file__).parent / "results"
+METRICS = ["kmeans_ari", "kmeans_nmi", "silhouette", "svm_accuracy", "leiden_ari", "leiden_nmi"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One compared model: SCVI, or MixSCVI with S components and an objective."""
+
+    kind: str  # "scvi" or "mixscvi"
+    n_components: int = 1
+    objective: str = "miselbo"
+
+    @property
+    def name(self) -> str:
+        if self.kind == "scvi":
+            return "SCVI"
+        suffix = "" if self.objective == "miselbo" else ", ensemble"
+        return f"MixSCVI(S={self.n_components}{suffix})"
+
+
+def prepare(dataset: str, n_genes: int, split_seed: int, max_cells: int | None = None):
+    """Counts restricted to the most variable genes, and a fixed 70/10/20 split."""
+    adata = load_counts(dataset)
+    if max_cells is not None and adata.n_obs > max_cells:
+        keep = np.random.default_rng(split_seed).choice(adata.n_obs, max_cells, replace=False)
+        adata = adata[np.sort(keep)].copy()
+    sc.pp.filter_genes(adata, min_cells=3)
+    sc.pp.highly_variable_genes(
+        adata, n_top_genes=min(n_genes, adata.n_vars), flavor="seurat_v3", layer="counts",
+        subset=True,
+    )  # fmt: skip
+    order = np.random.default_rng(split_seed).permutation(adata.n_obs)
+    n_train, n_val = int(0.7 * adata.n_obs), int(0.1 * adata.n_obs)
+    split = [np.sort(order[:n_train]), np.sort(order[n_train : n_train + n_val])]
+    split.append(np.sort(order[n_train + n_val :]))
+    return adata, split
+
+
+def features(model, spec: ModelSpec, adata, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Test-cell features: the posterior mean, and every component's means and variances."""
+    if spec.kind == "scvi":
+        mean, var = model.get_latent_representation(adata, indices=test, return_dist=True)
+        return {"mean": mean, "concat": np.hstack([mean, var])}
+    mean = model.get_latent_representation(adata, indices=test)
+    loc, var = model.get_latent_representation(
+        adata, indices=test, component="all", return_dist=True
+    )
+    n_test = len(test)
+    return {"mean": mean, "concat": np.hstack([loc.reshape(n_test, -1), var.reshape(n_test, -1)])}
+
+
+def cluster_metrics(x: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """KMeans ARI / NMI, silhouette, linear-SVM accuracy, leiden ARI / NMI."""
+    n_types = len(np.unique(labels))
+    predicted = KMeans(n_clusters=n_types, n_init=10, random_state=seed).fit_predict(x)
+    half = np.random.default_rng(seed).permutation(len(labels))
+    fit, score = half[: len(half) // 2], half[len(half) // 2 :]
+    svm = SVC(kernel="linear", C=0.025).fit(x[fit], labels[fit])
+    graph = sc.AnnData(np.zeros((len(labels), 1), dtype=np.float32))
+    graph.obsm["X"] = x
+    sc.pp.neighbors(graph, use_rep="X", random_state=seed)
+    sc.tl.leiden(graph, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+    return {
+        "kmeans_ari": adjusted_rand_score(labels, predicted),
+        "kmeans_nmi": normalized_mutual_info_score(labels, predicted),
+        "silhouette": float(silhouette_score(x, labels)),
+        "svm_accuracy": float(svm.score(x[score], labels[score])),
+        "leiden_ari": adjusted_rand_score(labels, graph.obs["leiden"]),
+        "leiden_nmi": normalized_mutual_info_score(labels, graph.obs["leiden"]),
+    }
+
+
+def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, object]:
+    """Train one model with one seed; return its metrics (and the model)."""
+    scvi.settings.seed = seed
+    data = adata.copy()
+    cls = scvi.model.SCVI if spec.kind == "scvi" else MixSCVI
+    cls.setup_anndata(data, layer="counts")
+    if spec.kind == "scvi":
+        model = cls(data, n_latent=10, n_hidden=128, gene_likelihood="zinb")
+    else:
+        model = cls(data, n_components=spec.n_components, objective=spec.objective,
+                    n_latent=10, n_hidden=128, gene_likelihood="zinb")  # fmt: skip
+    start = time.perf_counter()
+    model.train(
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        plan_kwargs={"lr": 1e-3},
+        early_stopping=True,
+        early_stopping_patience=args.patience,
+        datasplitter_kwargs={"external_indexing": split},
+        enable_progress_bar=False,
+    )
+    seconds = time.perf_counter() - start
+    epochs = len(model.history["train_loss"])
+    labels = data.obs["cell_type"].to_numpy()[split[2]]
+    row = {"model": spec.name, "S": spec.n_components, "objective": spec.objective,
+           "kind": spec.kind, "seed": seed, "epochs": epochs,
+           "seconds_per_epoch": seconds / max(1, epochs)}  # fmt: skip
+    for feature_set, x in features(model, spec, data, split[2]).items():
+        for metric, value in cluster_metrics(x, labels, seed).items():
+            row[f"{metric}_{feature_set}"] = float(value)
+    if args.n_mc_samples:
+        model.module.eval()
+        per_cell = model.get_marginal_ll(
+            data, indices=split[2], n_mc_samples=args.n_mc_samples, return_mean=False
+        )
+        row["heldout_marginal_ll"] = float(np.mean(np.asarray(per_cell)))
+    return row, model
+
+
+def summarise(rows: list[dict]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per model."""
+    frame = pd.DataFrame(rows)
+    numeric = [c for c in frame.columns if c not in ("model", "objective", "kind", "seed")]
+    grouped = frame.groupby("model", sort=False)[numeric]
+    return grouped.mean().join(grouped.std(ddof=0), rsuffix="_std")
+
+
+def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
+    header = "| model | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+    for model, row in summary.iterrows():
+        cells = [f"{row[c]:.3f} ± {row[c + '_std']:.3f}" for c in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
+    panels = [m for m in ["kmeans_ari_mean", "kmeans_nmi_mean", "silhouette_mean",
+                          "svm_accuracy_mean", "leiden_ari_mean", "heldout_marginal_ll"]
+              if m in summary.columns]  # fmt: skip
+    mix = summary[summary.index.str.startswith("MixSCVI") & ~summary.index.str.contains("ens")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
+    for ax, metric in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.errorbar(mix["S"], mix[metric], yerr=mix[metric + "_std"], fmt="o-", label="MixSCVI")
+        for name, style in (("SCVI", "--"), ("ensemble", ":")):
+            match = summary[summary.index.str.contains(name)]
+            if len(match):
+                ax.axhline(match[metric].iloc[0], ls=style, c="grey", label=match.index[0])
+        ax.set_xlabel("components S")
+        ax.set_title(metric.replace("_mean", "").replace("_", " "), fontsize=9)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
+def plot_umaps(models: dict[str, object], adata, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8))
+    for ax, (name, model) in zip(np.atleast_1d(axes), models.items(), strict=True):
+        view = adata.copy()
+        view.obsm["X_latent"] = model.get_latent_representation(model.adata)
+        sc.pp.neighbors(view, use_rep="X_latent", random_state=0)
+        sc.tl.umap(view, random_state=0)
+        sc.pl.umap(view, color="cell_type", ax=ax, show=False, title=name, legend_loc=None)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
+def run_dataset(dataset: str, args) -> dict:
+    adata, split = prepare(dataset, args.n_genes, args.split_seed, args.max_cells)
+    specs = [ModelSpec("mixscvi", s) for s in args.components]
+    specs += [ModelSpec("mixscvi", max(args.components), "ensemble"), ModelSpec("scvi")]
+    rows, kept = [], {}
+    for seed in args.seeds:
+        for spec in specs:
+            row, model = run_one(spec, adata, split, seed, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if seed == args.seeds[0] and spec.name in (
+                ModelSpec("mixscvi", min(args.components)).name,
+                ModelSpec("mixscvi", max(args.components)).name,
+            ):
+                kept[spec.name] = model
+    summary = summarise(rows)
+    scvi_time = summary.loc["SCVI", "seconds_per_epoch"]
+    summary["epoch_time_vs_scvi"] = summary["seconds_per_epoch"] / scvi_time
+    summary["epoch_time_vs_scvi_std"] = summary["seconds_per_epoch_std"] / scvi_time
+
+    stem = args.out / f"singlecell_{dataset}"
+    payload = {
+        "dataset": dataset,
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_types": int(adata.obs["cell_type"].nunique()),
+        "split": {"train": len(split[0]), "validation": len(split[1]), "test": len(split[2])},
+        "seeds": args.seeds,
+        "settings": vars(args) | {"out": str(args.out), "datasets": args.datasets},
+        "rows": rows,
+        "summary": json.loads(summary.to_json(orient="index")),
+    }
+    lines = [
+        f"# {dataset}: {adata.n_obs} cells, {adata.n_vars} genes, "
+        f"{payload['n_types']} labelled types",
+        "",
+        f"Split {payload['split']} (seed {args.split_seed}); metrics on the test cells; "
+        f"mean ± std over training seeds {args.seeds}; up to {args.max_epochs} epochs with early "
+        f"stopping (patience {args.patience}), batch {args.batch_size}, Adam lr 1e-3.",
+        "",
+        "## Features: posterior mean",
+        "",
+        *_table(summary, [f"{m}_mean" for m in METRICS]),
+        "",
+        "## Features: all component means and variances (the paper's)",
+        "",
+        *_table(summary, [f"{m}_concat" for m in METRICS]),
+        "",
+        "## Held-out marginal log-likelihood and cost",
+        "",
+        *_table(
+            summary,
+            [
+                c
+                for c in (
+                    "heldout_marginal_ll",
+                    "epochs",
+                    "seconds_per_epoch",
+                    "epoch_time_vs_scvi",
+                )
+                if c in summary.columns
+            ],
+        ),
+    ]
+    write_report(stem, payload, lines)
+    plot_metrics(summary, stem.parent / f"{stem.name}_metrics.png", dataset)
+    plot_umaps(kept, adata, stem.parent / f"{stem.name}_umap.png")
+    print("\n".join(lines), flush=True)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mouse_bladder", "worm_neuron"])
+    parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--n-genes", type=int, default=1200)
+    parser.add_argument("--max-cells", type=int, default=None)
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--n-mc-samples", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    return [run_dataset(d, args) for d in args.datasets]
+
+
+if __name__ == "__main__":
+    main()
