@@ -10,7 +10,6 @@ from typing import Literal
 import numpy as np
 import torch
 from anndata import AnnData
-from lightning.pytorch.callbacks import ModelCheckpoint
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -38,6 +37,7 @@ from .safety import (
     NonFiniteLossGuard,
     RNGStateCheckpoint,
     TrainingDivergedError,
+    as_training_checkpoints,
     atomic_save_dir,
     check_same_genes,
 )
@@ -224,9 +224,8 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         :class:`~scmixvae.singlecell.safety.TrainingDivergedError`.
         """
         guard = NonFiniteLossGuard()
-        if any(isinstance(c, ModelCheckpoint) for c in callbacks or []):
-            kwargs.setdefault("enable_checkpointing", True)  # scvi-tools turns it off otherwise
-        callbacks = [*(callbacks or []), guard, RNGStateCheckpoint()]
+        callbacks = as_training_checkpoints(list(callbacks or []))
+        callbacks += [guard, RNGStateCheckpoint()]
         result = super().train(*args, callbacks=callbacks, **kwargs)
         if guard.failure is not None:
             epoch, step = guard.failure
