@@ -12,15 +12,26 @@ class CountDataError(ValueError):
     """The matrix given as counts is not a matrix of raw counts."""
 
 
+def _row_blocks(matrix, chunk_rows: int):
+    """In-memory blocks of rows: an in-memory matrix whole, a backed one a block at a time."""
+    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        yield matrix
+        return
+    for start in range(0, matrix.shape[0], chunk_rows):  # backed (on-disk) or array-like
+        yield matrix[start : start + chunk_rows]
+
+
 def _value_blocks(matrix, chunk_rows: int, chunk_values: int):
     """The stored values in blocks, so checks never allocate a full-size temporary."""
-    if sp.issparse(matrix):
-        data = matrix.data
-        for start in range(0, len(data), chunk_values):
-            yield data[start : start + chunk_values]
-        return
-    for start in range(0, matrix.shape[0], chunk_rows):
-        yield np.asarray(matrix[start : start + chunk_rows])
+    for block in _row_blocks(matrix, chunk_rows):
+        if sp.issparse(block):
+            data = block.data
+            for start in range(0, len(data), chunk_values):
+                yield data[start : start + chunk_values]
+        else:
+            block = np.asarray(block)
+            for start in range(0, block.shape[0], chunk_rows):
+                yield block[start : start + chunk_rows]
 
 
 def check_counts(
@@ -64,7 +75,9 @@ def check_counts(
             raise CountDataError(f"{where} contains negative values; counts must be >= 0.")
 
 
-def warn_empty_cells_and_genes(matrix, where: str = "adata.X") -> tuple[int, int]:
+def warn_empty_cells_and_genes(
+    matrix, where: str = "adata.X", chunk_rows: int = 50_000
+) -> tuple[int, int]:
     """Warn about cells and genes without a single count; return how many of each.
 
     Both are kept: a cell without counts gets a library size of one count (instead of
@@ -72,8 +85,11 @@ def warn_empty_cells_and_genes(matrix, where: str = "adata.X") -> tuple[int, int
     (``sc.pp.filter_cells(adata, min_counts=1)``, ``sc.pp.filter_genes(adata, min_cells=1)``)
     is usually better.
     """
-    cell_totals = np.asarray(matrix.sum(axis=1)).ravel()
-    gene_totals = np.asarray(matrix.sum(axis=0)).ravel()
+    cell_totals, gene_totals = [], 0
+    for block in _row_blocks(matrix, chunk_rows):
+        cell_totals.append(np.asarray(block.sum(axis=1)).ravel())
+        gene_totals = gene_totals + np.asarray(block.sum(axis=0)).ravel()
+    cell_totals = np.concatenate(cell_totals)
     n_cells, n_genes = int((cell_totals == 0).sum()), int((gene_totals == 0).sum())
     if n_cells:
         warnings.warn(
