@@ -128,7 +128,8 @@ class MixVAE(VAE):
         self.n_particles = n_particles
         self.importance_weighted = importance_weighted
 
-        # rebuild the z encoder with S stacked components, same options as scVI's
+        # read the options back from the encoder scVI just built, so the stacked one matches
+        # whatever VAE made of its keyword defaults
         first = self.z_encoder.encoder.fc_layers[0][0]
         cat_list = [n for n in self.z_encoder.encoder.n_cat_list]
         use_bn = any(isinstance(m, torch.nn.BatchNorm1d) for m in self.z_encoder.modules())
