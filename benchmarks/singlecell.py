@@ -193,8 +193,12 @@ def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
     for ax, metric in zip(np.atleast_1d(axes), panels, strict=True):
         ax.errorbar(mix["S"], mix[metric], yerr=mix[metric + "_std"], fmt="o-", label="MixSCVI")
-        for name, style in (("SCVI", "--"), ("ensemble", ":")):
-            match = summary[summary.index.str.contains(name)]
+        references = (
+            (summary.index == "SCVI", "--"),
+            (summary.index.str.contains("ensemble"), ":"),
+        )
+        for is_reference, style in references:
+            match = summary[is_reference]
             if len(match):
                 ax.axhline(match[metric].iloc[0], ls=style, c="grey", label=match.index[0])
         ax.set_xlabel("components S")
@@ -312,7 +316,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="compute the held-out likelihood (the costly part) for these seeds only",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--replot", type=Path, nargs="+", default=None, help="redraw metric plots from JSON"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        for path in args.replot:
+            payload = json.loads(path.read_text())
+            plot_metrics(
+                summarise(payload["rows"]),
+                path.with_name(f"{path.stem}_metrics.png"),
+                payload["dataset"],
+            )
+        return []
     return [run_dataset(d, args) for d in args.datasets]
 
 
