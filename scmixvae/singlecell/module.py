@@ -16,7 +16,6 @@ from torch.distributions import Distribution, Normal, kl_divergence
 from scmixvae.mixture import (
     MixtureNormal,
     StackedEncoder,
-    generalized_jsd,
     importance_sampled_log_likelihood,
     stratified_bound,
 )
@@ -316,7 +315,8 @@ class MixVAE(VAE):
         log_px_z = generative_outputs[MODULE_KEYS.PX_KEY].log_prob(x).sum(-1)  # [L, S, B]
         log_pz = generative_outputs[MODULE_KEYS.PZ_KEY].log_prob(z).sum(-1)
         gaussian_denominator = self.objective == "ensemble" or self.n_components == 1
-        log_qz = qz.log_prob(z) if self.objective == "miselbo" else qz.own_component_log_prob(z)
+        log_q_mix, log_q_own = qz.log_prob(z), qz.own_component_log_prob(z)
+        log_qz = log_q_mix if self.objective == "miselbo" else log_q_own
 
         if self.importance_weighted and self.n_particles > 1:
             log_lib = self._log_library_ratio(inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY])
@@ -349,10 +349,8 @@ class MixVAE(VAE):
         # scvi-tools 1.4 logs extra metrics under inference_mode, which breaks the metric sync
         # of multi-process (DDP) training; the JSD stays available there via the model methods
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            with torch.no_grad():
-                extra_metrics["jsd"] = (
-                    generalized_jsd(qz, z).mean() if self.n_components > 1 else torch.zeros(())
-                )
+            # the generalized JSD of the components, from the densities computed above
+            extra_metrics["jsd"] = (log_q_own - log_q_mix).detach().mean()
         return LossOutput(
             loss=loss,
             reconstruction_loss=reconst_loss,
