@@ -6,6 +6,9 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= $(if $(SCMIXVAE_DATA_DIR),$(SCMIXVAE_DATA_DIR),../shared/data)
 DEMO_OUT ?= outputs/pbmc3k_mixscvi.h5ad
 DEMO_EPOCHS ?= 50
+# The single-cell benchmark (protocols 1-3, hours on 2 CPU cores; resumable) and its cost runs.
+BENCH_ARGS ?= --datasets sorted_pbmc mouse_bladder worm_neuron --seeds 0 1 2 3 4 \
+	--max-epochs 100 --patience 10 --resume
 
 .PHONY: install demo test test-all lint bench
 
@@ -26,3 +29,7 @@ test-all: install
 demo: install
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m scmixvae.cli fit pbmc3k $(DEMO_OUT) \
 		--n-components 5 --epochs $(DEMO_EPOCHS) --n-top-genes 2000 --overwrite
+
+bench: install
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(BENCH_ARGS)
+	$(PYTHON) -m benchmarks.cost

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 import math
 
-from benchmarks.singlecell import main
+import pytest
+
+from benchmarks import cost
+from benchmarks.singlecell import _reusable_rows, main
+
+TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
+        "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
+        "--n-mc-samples", "10", "--batch-size", "128"]  # fmt: skip
 
 
 def test_harness_end_to_end(tmp_path, data_dir):
@@ -26,3 +33,41 @@ def test_harness_end_to_end(tmp_path, data_dir):
     assert "| MixSCVI(S=2, ensemble) |" in markdown and "kmeans_ari_mean" in markdown
     assert (tmp_path / "singlecell_sorted_pbmc_metrics.png").stat().st_size > 0
     assert (tmp_path / "singlecell_sorted_pbmc_umap.png").stat().st_size > 0
+
+
+def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_dir):
+    (first,) = main([*TINY, "--out", str(tmp_path)])
+    (resumed,) = main([*TINY, "--out", str(tmp_path), "--resume"])
+    # Retraining would give new wall times, so equal rows mean they were reused.
+    assert resumed["rows"] == first["rows"]
+
+    class Args:
+        split_seed, n_genes, max_cells, max_epochs, patience = 0, 200, 300, 1, 20
+        batch_size, n_mc_samples, seeds, ll_seeds = 128, 10, [0], None
+
+    stem = tmp_path / "singlecell_sorted_pbmc"
+    assert len(_reusable_rows(stem, Args)) == len(first["rows"])
+    Args.ll_seeds = [1]  # no seed-1 rows exist; seed-0 rows still count
+    assert len(_reusable_rows(stem, Args)) == len(first["rows"])
+    Args.n_mc_samples = 20  # a different likelihood budget measured something else
+    assert _reusable_rows(stem, Args) == []
+
+
+def test_cost_harness_end_to_end(tmp_path):
+    args = ["--cells", "300", "--components", "2", "--epochs", "2", "--min-steps", "2",
+            "--batch-size", "128", "--out", str(tmp_path)]  # fmt: skip
+    rows = cost.main(args)
+    assert [r["model"] for r in rows] == ["SCVI", "MixSCVI(S=2)"]
+    saved = json.loads((tmp_path / "cost.json").read_text())["rows"]
+    assert saved[0]["epoch_time_vs_scvi"] == 1.0 and saved[0]["rss_increase_vs_scvi"] == 1.0
+    mixture = saved[1]
+    assert mixture["n_parameters"] > saved[0]["n_parameters"]
+    assert len(mixture["epoch_seconds"]) == 2 and mixture["seconds_per_epoch"] > 0
+    assert mixture["peak_rss_gb_training"] >= mixture["rss_gb_with_data"] > 0
+    assert "| 300 | MixSCVI(S=2) |" in (tmp_path / "cost.md").read_text()
+    assert (tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_cost_refuses_an_untimed_run(tmp_path):
+    with pytest.raises(SystemExit):
+        cost.main(["--epochs", "1", "--out", str(tmp_path)])
