@@ -29,6 +29,10 @@ def test_harness_end_to_end(tmp_path, data_dir):
             assert math.isfinite(row[key])
         assert -1 <= row["silhouette_mean"] <= 1
     assert saved["summary"]["SCVI"]["epoch_time_vs_scvi"] == 1.0
+    assert saved["summary"]["SCVI"]["heldout_ll_minus_scvi"] == 0.0
+    mixture = saved["summary"]["MixSCVI(S=2)"]
+    difference = mixture["heldout_marginal_ll"] - saved["summary"]["SCVI"]["heldout_marginal_ll"]
+    assert math.isclose(mixture["heldout_ll_minus_scvi"], difference, rel_tol=1e-9)
     markdown = (tmp_path / "singlecell_sorted_pbmc.md").read_text()
     assert "| MixSCVI(S=2, ensemble) |" in markdown and "kmeans_ari_mean" in markdown
     assert (tmp_path / "singlecell_sorted_pbmc_metrics.png").stat().st_size > 0
