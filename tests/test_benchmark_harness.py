@@ -48,12 +48,15 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
     class Args:
         split_seed, n_genes, max_cells, max_epochs, patience = 0, 200, 300, 1, 20
         batch_size, n_mc_samples, seeds, ll_seeds = 128, 10, [0], None
+        kl_warmup_epochs = 400
 
     stem = tmp_path / "singlecell_sorted_pbmc"
     assert len(_reusable_rows(stem, Args)) == len(first["rows"])
     Args.ll_seeds = [1]  # no seed-1 rows exist; seed-0 rows still count
     assert len(_reusable_rows(stem, Args)) == len(first["rows"])
-    Args.n_mc_samples = 20  # a different likelihood budget measured something else
+    Args.kl_warmup_epochs = 20  # a different objective schedule trained other models
+    assert _reusable_rows(stem, Args) == []
+    Args.kl_warmup_epochs, Args.n_mc_samples = 400, 20  # a different likelihood budget
     assert _reusable_rows(stem, Args) == []
 
 
