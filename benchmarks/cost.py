@@ -29,17 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
 from ._report import write_report
-from .scale import _peak_rss_gb, _peak_rss_since_reset_gb, _reset_peak_rss, synthetic_counts
+from .scale import synthetic_counts
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _current_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024**2
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def model_name(n_components: int) -> str:
@@ -66,8 +60,8 @@ def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict
 
     scvi.settings.seed = 0
     adata = synthetic_counts(n_cells, args.genes)
-    rss_with_data = _current_rss_gb()
-    reset = _reset_peak_rss()
+    rss_with_data = status_gb("VmRSS")
+    reset = reset_peak_rss()
     cls = scvi.model.SCVI if n_components == 0 else MixSCVI
     cls.setup_anndata(adata)
     options = {"n_latent": 10, "n_hidden": 128, "gene_likelihood": "zinb"}
@@ -89,7 +83,8 @@ def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict
         callbacks=[timer],
     )
     timed = timer.seconds[len(timer.seconds) // 2 :]
-    peak = _peak_rss_since_reset_gb() if reset else _peak_rss_gb()
+    # without a reset, the lifetime peak also counts building the data: an upper bound
+    peak = status_gb("VmHWM") if reset else lifetime_peak_rss_gb()
     return {
         "model": model_name(n_components),
         "n_components": n_components,

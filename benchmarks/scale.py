@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
 from ._report import write_report
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,26 +48,6 @@ def synthetic_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20_
     return adata
 
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process (Linux >= 4.0) to the current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_since_reset_gb() -> float | None:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
-    return None
-
-
 def run_child(args: argparse.Namespace) -> dict:
     import anndata as ad
     import scvi
@@ -84,8 +64,8 @@ def run_child(args: argparse.Namespace) -> dict:
         adata.write_h5ad(path)
         del adata
         adata = ad.read_h5ad(path, backed="r")
-    rss_data = _peak_rss_gb()
-    reset = _reset_peak_rss()
+    rss_data = lifetime_peak_rss_gb()
+    reset = reset_peak_rss()
     MixSCVI.setup_anndata(adata)
     model = MixSCVI(adata, n_components=args.components)
     steps_per_epoch = -(-adata.n_obs // args.batch_size)
@@ -117,8 +97,8 @@ def run_child(args: argparse.Namespace) -> dict:
         "seconds_per_epoch": seconds / max(1, steps) * steps_per_epoch,
         "generate_seconds": generate_seconds,
         "peak_rss_gb_after_data": rss_data,
-        "peak_rss_gb": _peak_rss_gb(),
-        "peak_rss_gb_during_training": _peak_rss_since_reset_gb() if reset else None,
+        "peak_rss_gb": lifetime_peak_rss_gb(),
+        "peak_rss_gb_during_training": status_gb("VmHWM") if reset else None,
     }
 
 
