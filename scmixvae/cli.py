@@ -9,6 +9,33 @@ import time
 from pathlib import Path
 
 logger = logging.getLogger("scmixvae")
+# kept in step with scmixvae.mixture.OBJECTIVES (a test checks); importing it here would make
+# `--help` pay for torch
+OBJECTIVE_CHOICES = ("miselbo", "ensemble", "some_to_some")
+
+
+def _add_mixture_options(p: argparse.ArgumentParser, default_components: int) -> None:
+    """The mixture's options, spelled the same in every subcommand."""
+    p.add_argument(
+        "--n-components", "--components", dest="n_components", type=int,
+        default=default_components, help="mixture components S",
+    )  # fmt: skip
+    p.add_argument(
+        "--objective", choices=OBJECTIVE_CHOICES, default="miselbo",
+        help="miselbo: each draw against the whole mixture; ensemble: against its own "
+        "component; some_to_some: against the components drawn with it",
+    )  # fmt: skip
+    p.add_argument(
+        "--shared-encoder", action="store_true",
+        help="amortize the components: one encoder trunk and a head conditioned on each "
+        "component's code (cheap large S)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sampled-components", "--n-sampled-components", dest="n_sampled_components",
+        type=int, default=None, metavar="A",
+        help="draw from A of the S components per observation and step (Some-to-All); "
+        "default: all S",
+    )  # fmt: skip
 
 
 def _add_fit_parser(subparsers) -> None:
@@ -27,8 +54,7 @@ def _add_fit_parser(subparsers) -> None:
     )
     p.add_argument("input", help=".h5ad file, or a registered dataset name")
     p.add_argument("output", help="output .h5ad (written atomically)")
-    p.add_argument("--n-components", type=int, default=5, help="mixture components S")
-    p.add_argument("--objective", choices=["miselbo", "ensemble"], default="miselbo")
+    _add_mixture_options(p, default_components=5)
     p.add_argument("--layer", default=None, help="layer holding raw counts (default: .X)")
     p.add_argument("--batch-key", default=None, help="obs column with the batch")
     p.add_argument("--labels-key", default=None, help="obs column with labels (kept, unused)")
@@ -102,6 +128,8 @@ def _fit(args: argparse.Namespace) -> int:
         batch_key=args.batch_key,
         labels_key=args.labels_key,
         max_epochs=args.epochs,
+        shared_encoder=args.shared_encoder,
+        n_sampled_components=args.n_sampled_components,
         model_kwargs={"objective": args.objective, "n_latent": args.n_latent,
                       "gene_likelihood": args.gene_likelihood},
         train_kwargs={
@@ -156,8 +184,7 @@ def _add_image_parser(subparsers) -> None:
     t.add_argument(
         "--dataset", choices=["mnist", "fashion_mnist", "binarized_mnist"], default="mnist"
     )
-    t.add_argument("--components", type=int, default=1, help="mixture components S")
-    t.add_argument("--objective", choices=["miselbo", "ensemble"], default="miselbo")
+    _add_mixture_options(t, default_components=1)
     t.add_argument("--particles", type=int, default=1, help="draws per component per step")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=100)
@@ -196,8 +223,10 @@ def _image_train(args: argparse.Namespace) -> int:
     from scmixvae.image.training import ImageTrainConfig, train
 
     config = ImageTrainConfig(
-        architecture=args.arch, dataset=args.dataset, n_components=args.components,
-        objective=args.objective, n_particles=args.particles, epochs=args.epochs,
+        architecture=args.arch, dataset=args.dataset, n_components=args.n_components,
+        objective=args.objective, shared_encoder=args.shared_encoder,
+        n_sampled_components=args.n_sampled_components, n_particles=args.particles,
+        epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, subset=args.subset,
         max_minutes=args.max_minutes,
@@ -210,7 +239,7 @@ def _image_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(
-        f"trained {args.arch} S={args.components}: {summary['epochs_run']} epochs, "
+        f"trained {args.arch} S={args.n_components}: {summary['epochs_run']} epochs, "
         f"{summary['seconds_per_epoch']:.1f}s/epoch, best validation -bound "
         f"{summary['best_val_loss']:.2f}; wrote {args.out}"
     )

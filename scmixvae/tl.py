@@ -13,6 +13,8 @@ from .singlecell.model import MixSCVI
 def mixscvi(
     adata: AnnData,
     n_components: int = 5,
+    shared_encoder: bool = False,
+    n_sampled_components: int | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
@@ -35,6 +37,10 @@ def mixscvi(
         Cells x genes with raw counts in ``.X`` or in ``layer``.
     n_components
         Number of mixture components ``S``.
+    shared_encoder
+        Amortize the components over one encoder (cheap large ``S``); see :class:`MixSCVI`.
+    n_sampled_components
+        Components each cell draws from per training step (``None``: all ``S``).
     layer, batch_key, labels_key, categorical_covariate_keys, continuous_covariate_keys
         Passed to :meth:`MixSCVI.setup_anndata`.
     max_epochs
@@ -67,7 +73,13 @@ def mixscvi(
         categorical_covariate_keys=categorical_covariate_keys,
         continuous_covariate_keys=continuous_covariate_keys,
     )
-    model = MixSCVI(adata, n_components=n_components, **(model_kwargs or {}))
+    model = MixSCVI(
+        adata,
+        n_components=n_components,
+        shared_encoder=shared_encoder,
+        n_sampled_components=n_sampled_components,
+        **(model_kwargs or {}),
+    )
     model.train(max_epochs=max_epochs, **(train_kwargs or {}))
     store_outputs(model, adata, key_added)
     return model

@@ -45,6 +45,34 @@ def test_fit_writes_embedding_clusters_and_umap(small_h5ad, tmp_path, capsys):
     assert out.stat().st_mtime_ns == before
 
 
+def test_fit_trains_a_shared_encoder_with_sampled_components(small_h5ad, tmp_path):
+    out = tmp_path / "shared.h5ad"
+    args = ["fit", str(small_h5ad), str(out), "--layer", "counts", "--components", "30",
+            "--shared-encoder", "--sampled-components", "2", "--epochs", "2",
+            "--no-progress-bar", "--model-dir", str(tmp_path / "model")]  # fmt: skip
+    assert main(args) == 0
+    params = ad.read_h5ad(out).uns["X_mixscvi"]["params"]
+    assert params["n_components"] == 30 and params["shared_encoder"]
+    assert params["n_sampled_components"] == 2
+
+
+def test_both_commands_spell_the_mixture_options_alike():
+    from scmixvae.cli import OBJECTIVE_CHOICES, build_parser
+    from scmixvae.mixture import OBJECTIVES
+
+    assert OBJECTIVE_CHOICES == OBJECTIVES
+    parser = build_parser()
+    for command in (["fit", "in.h5ad", "out.h5ad"], ["image", "train", "--out", "o"]):
+        for spelling in ("--n-components", "--components"):
+            args = parser.parse_args([*command, spelling, "7", "--shared-encoder",
+                                      "--sampled-components", "3"])  # fmt: skip
+            assert (args.n_components, args.shared_encoder, args.n_sampled_components) == (
+                7,
+                True,
+                3,
+            )
+
+
 def test_bad_inputs_exit_with_a_message(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == 2
     assert "does not exist" in capsys.readouterr().err

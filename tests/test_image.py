@@ -13,8 +13,8 @@ from scmixvae.cli import main
 from scmixvae.image.data import load_splits
 from scmixvae.image.layers import IAF, PixelCNNDecoder
 from scmixvae.image.models import ARCHITECTURES, build_model, check_images
-from scmixvae.image.training import bound_of, evaluate_model
-from scmixvae.mixture import gaussian_log_prob_matrix
+from scmixvae.image.training import evaluate_model
+from scmixvae.mixture import bound, gaussian_log_prob_matrix
 
 STACKED_PREFIXES = (
     "encoder.",
@@ -44,20 +44,24 @@ def _small(architecture):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("n_components", [1, 3])
+@pytest.mark.parametrize(
+    ("n_components", "shared_encoder", "n_sampled"),
+    [(1, False, None), (3, False, None), (3, False, 2), (1, True, None), (6, True, 2)],
+)
 def test_every_architecture_gives_finite_terms_and_gradients(
-    mnist_batch, architecture, n_components
+    mnist_batch, architecture, n_components, shared_encoder, n_sampled
 ):
-    model = build_model(architecture, n_components, **_small(architecture))
-    terms = model.stratified_terms(mnist_batch, n_samples=2)
+    model = build_model(architecture, n_components, shared_encoder, **_small(architecture))
+    terms = model.draw_terms(mnist_batch, n_samples=2, n_sampled_components=n_sampled)
+    n_drawn = n_sampled or n_components
     for value in (terms.log_px_z, terms.log_pz, terms.log_q_mix, terms.log_q_own):
-        assert value.shape == (2, n_components, 12)
+        assert value.shape == (2, n_drawn, 12)
         assert torch.isfinite(value).all()
     # a mixture density is at least its own component's share
     assert (terms.log_q_mix >= terms.log_q_own - math.log(n_components) - 1e-4).all()
     if n_components == 1:
         torch.testing.assert_close(terms.log_q_mix, terms.log_q_own)
-    loss = -bound_of(terms, "miselbo").mean()
+    loss = -bound(terms, "miselbo").mean()
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -75,6 +79,36 @@ def _component_models(model, architecture):
         single.load_state_dict(state)
         singles.append(single)
     return singles
+
+
+@pytest.mark.parametrize("architecture", ["vanilla", "hierarchical"])
+@pytest.mark.parametrize("shared_encoder", [False, True])
+def test_all_sampled_components_is_the_stratified_bound(mnist_batch, architecture, shared_encoder):
+    model = build_model(architecture, 4, shared_encoder, **_small(architecture))
+    torch.manual_seed(5)
+    stratified = model.draw_terms(mnist_batch, 2)
+    torch.manual_seed(5)
+    every = model.draw_terms(mnist_batch, 2, n_sampled_components=4)
+    for objective in ("miselbo", "ensemble"):
+        assert torch.equal(bound(stratified, objective, 0.4), bound(every, objective, 0.4))
+    if architecture == "vanilla":  # the stratified MISELBO written out on the same draws
+        torch.manual_seed(5)
+        qz = model.encoder(mnist_batch)
+        z = qz.rsample(2)
+        log_w = model._decode(mnist_batch, z) + 0.4 * (
+            Normal(0, 1).log_prob(z).sum(-1) - qz.log_prob(z)
+        )
+        torch.testing.assert_close(bound(stratified, "miselbo", 0.4), log_w.mean((0, 1)))
+
+
+def test_image_shared_components_cost_under_one_percent_of_the_trunk():
+    sizes = {s: sum(p.numel() for p in build_model("vanilla", s, True).parameters())
+             for s in (1, 2, 200, 201)}  # fmt: skip
+    trunk = sum(p.numel() for p in build_model("vanilla", 1, True).encoder.trunk.parameters())
+    assert 0 < sizes[2] - sizes[1] <= 0.01 * trunk
+    assert sizes[201] - sizes[200] == sizes[2] - sizes[1]
+    with pytest.raises(ValueError, match="shared_encoder=True"):
+        build_model("vanilla", 200)
 
 
 def test_vanilla_mixture_density_is_the_mean_of_its_components(mnist_batch):
@@ -100,7 +134,7 @@ def test_hierarchical_mixture_density_by_brute_force(mnist_batch):
 def test_single_component_is_the_standard_vae(mnist_batch):
     model = build_model("vanilla", 1, **_small("vanilla"))
     torch.manual_seed(4)
-    terms = model.stratified_terms(mnist_batch, n_samples=3)
+    terms = model.draw_terms(mnist_batch, n_samples=3)
     torch.manual_seed(4)
     q = model.encoder(mnist_batch)
     loc, scale = q.component_loc[0], q.component_scale[0]
@@ -110,8 +144,8 @@ def test_single_component_is_the_standard_vae(mnist_batch):
     elbo = (
         log_px_z + Normal(0, 1).log_prob(z).sum(-1) - Normal(loc, scale).log_prob(z).sum(-1)
     ).mean(0)
-    torch.testing.assert_close(bound_of(terms, "miselbo"), elbo, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(bound_of(terms, "ensemble"), elbo, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(bound(terms, "miselbo"), elbo, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(bound(terms, "ensemble"), elbo, rtol=1e-5, atol=1e-3)
 
 
 def test_importance_sampled_nll_is_below_the_negative_bound(mnist_batch):
@@ -182,3 +216,19 @@ def test_cli_trains_and_evaluates(tmp_path, capsys):
     assert (run / "evaluation.md").read_text().startswith("# vanilla, S=2")
     assert main(train_args) == 2  # an existing run is not overwritten
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_cli_trains_a_large_shared_mixture(tmp_path):
+    run = tmp_path / "shared"
+    args = ["image", "train", "--arch", "vampprior", "--n-components", "50", "--shared-encoder",
+            "--sampled-components", "1", "--epochs", "1", "--subset", "200", "--out", str(run),
+            "--no-progress-bar"]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_components"] == 50 and config["shared_encoder"]
+    assert config["n_sampled_components"] == 1
+    assert main(["image", "evaluate", str(run), "--samples", "2", "--subset", "20"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert len(result["component_usage"]) == 50  # evaluation uses every component
+    text = (run / "evaluation.md").read_text()
+    assert text.startswith("# vampprior, S=50 (shared encoder, A=1)")

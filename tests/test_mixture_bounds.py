@@ -10,13 +10,14 @@ from torch.distributions import MultivariateNormal, Normal
 
 from scmixvae.mixture import (
     MixtureNormal,
+    accumulate_log_weights,
+    bound,
     component_responsibilities,
     effective_sample_size,
-    ensemble_elbo,
-    generalized_jsd,
-    importance_sampled_log_likelihood,
-    miselbo,
-    mixture_log_weights,
+    jsd,
+    log_likelihood_from_sums,
+    log_weights,
+    sample_components,
 )
 
 D_Z, D_X, SIGMA = 2, 3, 0.5
@@ -43,6 +44,19 @@ def _log_joint_terms(w, b, x, z):
     return log_px_z, log_pz
 
 
+def _terms(qz, z, w, b, x, component=None, **kwargs):
+    """The core's per-draw terms of stratified (or sub-sampled) draws ``z`` on the toy model."""
+    if component is None:
+        component = sample_components(qz.n_components, None, z.shape[-2])
+    return qz.draw_terms(z, component, *_log_joint_terms(w, b, x, z), **kwargs)
+
+
+def importance_sampled_log_likelihood(log_weight_fn, n_samples, chunk_size, estimator="mixture"):
+    return log_likelihood_from_sums(
+        accumulate_log_weights(log_weight_fn, n_samples, chunk_size), n_samples, estimator
+    )
+
+
 def _mixture_near_posterior(post_mean, post_cov, n_components, spread=1.0):
     g = torch.Generator().manual_seed(2)
     sd = post_cov.diagonal().sqrt()
@@ -55,19 +69,13 @@ def _mixture_near_posterior(post_mean, post_cov, n_components, spread=1.0):
 def test_every_bound_is_below_log_px(linear_gaussian):
     w, b, x, log_px, post_mean, post_cov = linear_gaussian
     qz = _mixture_near_posterior(post_mean, post_cov, n_components=3, spread=2.0)
-    z = qz.rsample(4000)
-    log_px_z, log_pz = _log_joint_terms(w, b, x, z)
-    bounds = {
-        "miselbo": miselbo(qz, z, log_px_z, log_pz),
-        "ensemble": ensemble_elbo(qz, z, log_px_z, log_pz),
-    }
+    terms = _terms(qz, qz.rsample(4000), w, b, x)
+    bounds = {"miselbo": bound(terms, "miselbo"), "ensemble": bound(terms, "ensemble")}
     # the importance-weighted bound holds in expectation: average 200 independent estimates
     iw_estimates = []
     for _ in range(200):
-        iw = qz.rsample(64)
-        iw_estimates.append(
-            miselbo(qz, iw, *_log_joint_terms(w, b, x, iw), importance_weighted=True)
-        )
+        iw = _terms(qz, qz.rsample(64), w, b, x)
+        iw_estimates.append(bound(iw, "miselbo", importance_weighted=True))
     bounds["miselbo_iw"] = torch.stack(iw_estimates).mean(0)
     for name, value in bounds.items():
         assert value.shape == (4,)
@@ -91,10 +99,9 @@ def test_bound_is_exact_when_components_are_the_true_posterior(linear_gaussian):
     post_mean = (x - b) @ w_diag @ post_cov / SIGMA**2
     sd = post_cov.diagonal().sqrt().expand_as(post_mean)
     qz = MixtureNormal(post_mean.expand(3, -1, -1), sd.expand(3, -1, -1))
-    z = qz.rsample(10)
-    log_px_z, log_pz = _log_joint_terms(w_diag, b, x, z)
-    assert torch.allclose(miselbo(qz, z, log_px_z, log_pz), log_px, atol=1e-10)
-    log_w = mixture_log_weights(qz, z, log_px_z, log_pz)
+    terms = _terms(qz, qz.rsample(10), w_diag, b, x)
+    assert torch.allclose(bound(terms, "miselbo"), log_px, atol=1e-10)
+    log_w = log_weights(terms)
     assert torch.allclose(log_w, log_px.expand_as(log_w), atol=1e-10)
 
 
@@ -103,8 +110,7 @@ def test_importance_sampling_converges_to_log_px(linear_gaussian):
     qz = _mixture_near_posterior(post_mean, post_cov, n_components=3)
 
     def log_weight_fn(k):
-        z = qz.rsample(k)
-        return mixture_log_weights(qz, z, *_log_joint_terms(w, b, x, z))
+        return log_weights(_terms(qz, qz.rsample(k), w, b, x))
 
     estimate = importance_sampled_log_likelihood(log_weight_fn, 20_000, chunk_size=2_500)
     assert torch.allclose(estimate, log_px, atol=0.02)
@@ -124,7 +130,7 @@ def test_estimators_are_chunk_invariant_and_ordered():
         for estimator in ("mixture", "per_component"):
             position["i"] = 0
             results[chunk, estimator] = importance_sampled_log_likelihood(
-                replay, 50, chunk_size=chunk, estimator=estimator
+                replay, 50, chunk, estimator
             )
     tight = torch.logsumexp(log_w.reshape(-1, 7), 0) - math.log(150)
     paper = (torch.logsumexp(log_w, 0) - math.log(50)).mean(0)
@@ -134,7 +140,7 @@ def test_estimators_are_chunk_invariant_and_ordered():
     # mean of logs <= log of mean (Jensen): the paper code's estimator is the looser bound
     assert torch.all(paper <= tight)
     with pytest.raises(ValueError, match="estimator"):
-        importance_sampled_log_likelihood(replay, 5, estimator="bogus")
+        log_likelihood_from_sums(torch.zeros(3, 7), 5, estimator="bogus")
 
 
 def test_single_component_miselbo_is_the_standard_elbo(linear_gaussian):
@@ -143,13 +149,12 @@ def test_single_component_miselbo_is_the_standard_elbo(linear_gaussian):
     qz = MixtureNormal(loc.unsqueeze(0), scale.unsqueeze(0))
     z = qz.rsample(5)  # [5, 1, B, D]
     log_px_z, log_pz = _log_joint_terms(w, b, x, z)
+    terms = _terms(qz, z, w, b, x)
     standard = (log_px_z + log_pz - Normal(loc, scale).log_prob(z).sum(-1)).mean((0, 1))
-    assert torch.equal(miselbo(qz, z, log_px_z, log_pz), standard) or torch.allclose(
-        miselbo(qz, z, log_px_z, log_pz), standard, rtol=0, atol=1e-12
-    )
-    assert torch.allclose(ensemble_elbo(qz, z, log_px_z, log_pz), standard, atol=1e-12)
+    for objective in ("miselbo", "ensemble", "some_to_some"):
+        assert torch.allclose(bound(terms, objective), standard, rtol=0, atol=1e-12)
     # beta scales only the prior / posterior term
-    half = miselbo(qz, z, log_px_z, log_pz, beta=0.5)
+    half = bound(terms, "miselbo", beta=0.5)
     expected = (log_px_z + 0.5 * (log_pz - Normal(loc, scale).log_prob(z).sum(-1))).mean((0, 1))
     assert torch.allclose(half, expected, atol=1e-12)
 
@@ -158,18 +163,17 @@ def test_gap_between_miselbo_and_ensemble_is_the_jsd(linear_gaussian):
     w, b, x, _, post_mean, post_cov = linear_gaussian
     n_components = 4
     qz = _mixture_near_posterior(post_mean, post_cov, n_components, spread=1.5)
-    z = qz.rsample(3000)
-    terms = _log_joint_terms(w, b, x, z)
-    gap = miselbo(qz, z, *terms) - ensemble_elbo(qz, z, *terms)
-    jsd = generalized_jsd(qz, z)
-    assert torch.allclose(gap, jsd, atol=1e-10)
-    assert torch.all(jsd > 0) and torch.all(jsd < math.log(n_components))
+    terms = _terms(qz, qz.rsample(3000), w, b, x)
+    gap = bound(terms, "miselbo") - bound(terms, "ensemble")
+    divergence = jsd(terms)
+    assert torch.allclose(gap, divergence, atol=1e-10)
+    assert torch.all(divergence > 0) and torch.all(divergence < math.log(n_components))
 
     identical = MixtureNormal(
         qz.component_loc[:1].expand(3, -1, -1), qz.component_scale[:1].expand(3, -1, -1)
     )
     assert torch.allclose(
-        generalized_jsd(identical, identical.rsample(10)),
+        jsd(_terms(identical, identical.rsample(10), w, b, x)),
         torch.zeros(4, dtype=torch.float64),
         atol=1e-12,
     )
@@ -179,7 +183,7 @@ def test_gap_between_miselbo_and_ensemble_is_the_jsd(linear_gaussian):
         torch.ones(3, 4, 2, dtype=torch.float64),
     )
     assert torch.allclose(
-        generalized_jsd(far, far.rsample(10)),
+        jsd(_terms(far, far.rsample(10), w, b, x)),
         torch.full((4,), math.log(3), dtype=torch.float64),
         atol=1e-6,
     )
@@ -211,7 +215,7 @@ def test_mixture_density_and_moments_match_torch():
 def test_responsibilities_and_effective_sample_size():
     log_w = torch.zeros(10, 2, 3)
     log_w[:, 1, 0] = -50.0  # cell 0: component 1's draws carry no weight
-    resp = component_responsibilities(log_w)
+    resp = component_responsibilities(accumulate_log_weights(lambda k: log_w[:k], 10, 10))
     assert resp.shape == (2, 3)
     assert torch.allclose(resp.sum(0), torch.ones(3))
     assert resp[0, 0] > 0.999 and torch.allclose(resp[:, 1], torch.tensor([0.5, 0.5]))

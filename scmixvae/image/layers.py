@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scmixvae.mixture import StackedLinear
+from scmixvae.mixture import ComponentCodedLinear, StackedLinear
 
 
 class GatedDense(nn.Module):
@@ -33,6 +33,27 @@ class StackedGatedDense(nn.Module):
         return h * torch.sigmoid(g)
 
 
+class CodedGatedDense(nn.Module):
+    """Gated dense layer of ``[h, e_s]`` for every component code ``e_s`` at once.
+
+    Input ``[..., n_in]`` shared by all components (``per_component=False``) or
+    ``[..., S, n_in]``; output ``[..., S, n_out]``.
+    """
+
+    def __init__(self, n_components: int, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = ComponentCodedLinear(n_components, n_in, 2 * n_out)
+
+    def forward(self, x: torch.Tensor, per_component: bool) -> torch.Tensor:
+        h, g = self.linear(x, per_component=per_component).chunk(2, dim=-1)
+        return h * torch.sigmoid(g)
+
+
+def _scale_from_log_var(log_var: torch.Tensor) -> torch.Tensor:
+    # VampPrior's code clamps the log-variance to [-6, 2] with a hardtanh
+    return torch.exp(0.5 * F.hardtanh(log_var, -6.0, 2.0))
+
+
 class GaussianHead(nn.Module):
     """Mean and log-variance (clamped to ``[-6, 2]`` by hardtanh, as in VampPrior's code)."""
 
@@ -42,7 +63,7 @@ class GaussianHead(nn.Module):
         self.log_var = nn.Linear(n_in, n_out)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loc(h), torch.exp(0.5 * F.hardtanh(self.log_var(h), -6.0, 2.0))
+        return self.loc(h), _scale_from_log_var(self.log_var(h))
 
 
 class StackedGaussianHead(nn.Module):
@@ -54,8 +75,24 @@ class StackedGaussianHead(nn.Module):
         self.log_var = StackedLinear(n_stack, n_in, n_out)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = self.loc(h).movedim(-2, 0)
-        scale = torch.exp(0.5 * F.hardtanh(self.log_var(h), -6.0, 2.0)).movedim(-2, 0)
+        return self.loc(h).movedim(-2, 0), _scale_from_log_var(self.log_var(h)).movedim(-2, 0)
+
+
+class CodedGaussianHead(nn.Module):
+    """Amortized :class:`StackedGaussianHead`: ``[..., S, n_in]`` -> loc, scale ``[S, ..., out]``.
+
+    One map for all components, told apart by their codes
+    (:class:`~scmixvae.mixture.ComponentCodedLinear`).
+    """
+
+    def __init__(self, n_components: int, n_in: int, n_out: int):
+        super().__init__()
+        self.loc = ComponentCodedLinear(n_components, n_in, n_out)
+        self.log_var = ComponentCodedLinear(n_components, n_in, n_out)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.loc(h, per_component=True).movedim(-2, 0)
+        scale = _scale_from_log_var(self.log_var(h, per_component=True)).movedim(-2, 0)
         return loc, scale
 
 

@@ -1,8 +1,11 @@
 """Image VAEs with a mixture of S encoders: vanilla, VampPrior, hierarchical, composite.
 
-Every model exposes :meth:`MixtureImageVAE.stratified_terms`, the log densities at stratified
-draws (``L`` per component) that :mod:`scmixvae.mixture` turns into MISELBO, the ensemble ELBO
-and the importance-sampled likelihood, so no model re-implements the bound.
+Every model exposes :meth:`MixtureImageVAE.draw_terms`, the log densities at ``L`` draws from
+each of ``A`` components per image (:class:`~scmixvae.mixture.DrawTerms`), which
+:mod:`scmixvae.mixture` turns into MISELBO, the ensemble ELBO and the importance-sampled
+likelihood, so no model re-implements a bound. The ``S`` encoders are either separate networks
+stacked into one module, or one amortized network whose head is conditioned on each
+component's code (``shared_encoder=True``, Hotti et al., 2024).
 
 Architectures follow the VampPrior code of Tomczak & Welling (2018) used by the method's
 experiments: gated dense layers of 300 units, 40-dimensional latents, hardtanh-clamped
@@ -12,7 +15,6 @@ log-variances, Bernoulli pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,10 +22,18 @@ from torch import nn
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from scmixvae.mixture import MixtureNormal, gaussian_log_prob_matrix
+from scmixvae.mixture import (
+    DrawTerms,
+    MixtureNormal,
+    gaussian_log_prob_matrix,
+    mixture_densities,
+    sample_components,
+)
 
 from .layers import (
     IAF,
+    CodedGatedDense,
+    CodedGaussianHead,
     GatedDense,
     GaussianHead,
     PixelCNNDecoder,
@@ -34,25 +44,8 @@ from .layers import (
 Architecture = Literal["vanilla", "vampprior", "hierarchical", "composite"]
 ARCHITECTURES = ("vanilla", "vampprior", "hierarchical", "composite")
 N_PIXELS = 784
-
-
-@dataclass
-class StratifiedTerms:
-    """Log densities at stratified draws, each ``[L, S, B]``.
-
-    ``log_q_mix`` is the mixture density of each draw (MISELBO's denominator), ``log_q_own`` the
-    density under the component that drew it (the ensemble's).
-    """
-
-    log_px_z: torch.Tensor
-    log_pz: torch.Tensor
-    log_q_mix: torch.Tensor
-    log_q_own: torch.Tensor
-
-    @property
-    def log_weights(self) -> torch.Tensor:
-        """Importance log-weights with the mixture as proposal."""
-        return self.log_px_z + self.log_pz - self.log_q_mix
+MAX_SEPARATE_COMPONENTS = 128
+MAX_SHARED_COMPONENTS = 1024
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +77,31 @@ class StackedGaussianEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> MixtureNormal:
         return MixtureNormal(*self.head(self.hidden(x)))
+
+
+class SharedGaussianEncoder(nn.Module):
+    """``S`` encoders amortized over one network: a trunk ``x -> 300 -> 300`` run once per
+    image, and a gated layer and Gaussian head conditioned on each component's code.
+
+    A component costs ``2 * n_hidden + 2 * n_latent`` parameters (its code columns).
+    """
+
+    def __init__(self, n_components: int, n_in: int, n_latent: int, n_hidden: int = 300):
+        super().__init__()
+        self.trunk = nn.Sequential(GatedDense(n_in, n_hidden), GatedDense(n_hidden, n_hidden))
+        self.hidden = CodedGatedDense(n_components, n_hidden, n_hidden)
+        self.head = CodedGaussianHead(n_components, n_hidden, n_latent)
+
+    def forward(self, x: torch.Tensor) -> MixtureNormal:
+        return MixtureNormal(*self.head(self.hidden(self.trunk(x), per_component=False)))
+
+
+def gaussian_encoder(
+    n_components: int, n_in: int, n_latent: int, n_hidden: int, shared: bool
+) -> nn.Module:
+    """Separate (stacked) or amortized (``shared``) encoders ``x -> MixtureNormal [S, B, D]``."""
+    cls = SharedGaussianEncoder if shared else StackedGaussianEncoder
+    return cls(n_components, n_in, n_latent, n_hidden)
 
 
 class DenseDecoder(nn.Module):
@@ -149,8 +167,31 @@ class MixtureImageVAE(nn.Module):
 
     n_components: int
 
-    def stratified_terms(self, x: torch.Tensor, n_samples: int = 1) -> StratifiedTerms:
-        """Log densities at ``n_samples`` draws from every component, ``[L, S, B]`` each."""
+    def draw_terms(
+        self,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        n_sampled_components: int | None = None,
+        with_sub_mixture: bool = False,
+    ) -> DrawTerms:
+        """Log densities at ``n_samples`` draws from each of ``A`` components per image.
+
+        Parameters
+        ----------
+        x
+            ``[B, 784]`` binary images.
+        n_samples
+            Draws per drawn component ``L``.
+        n_sampled_components
+            ``A``: ``None`` for every component (stratified), else ``A`` distinct components
+            drawn uniformly for every image.
+        with_sub_mixture
+            Also compute the drawn sub-mixture's density (the ``"some_to_some"`` objective).
+
+        Returns
+        -------
+        :class:`~scmixvae.mixture.DrawTerms` with ``[L, A, B]`` terms.
+        """
         raise NotImplementedError
 
     def _decode(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -175,6 +216,8 @@ class MixtureVAE(MixtureImageVAE):
         ``"standard"`` or ``"vampprior"``.
     n_pseudo_inputs
         VampPrior's ``K``.
+    shared_encoder
+        Amortize the ``S`` encoders (:class:`SharedGaussianEncoder`).
     """
 
     def __init__(
@@ -184,10 +227,13 @@ class MixtureVAE(MixtureImageVAE):
         n_hidden: int = 300,
         prior: Literal["standard", "vampprior"] = "standard",
         n_pseudo_inputs: int = 500,
+        shared_encoder: bool = False,
     ):
         super().__init__()
         self.n_components = n_components
-        self.encoder = StackedGaussianEncoder(n_components, N_PIXELS, n_latent, n_hidden)
+        self.encoder = gaussian_encoder(
+            n_components, N_PIXELS, n_latent, n_hidden, shared=shared_encoder
+        )
         self.prior = (
             VampPrior(self.encoder, n_pseudo_inputs)
             if prior == "vampprior"
@@ -195,14 +241,24 @@ class MixtureVAE(MixtureImageVAE):
         )
         self.decoder = DenseDecoder(n_latent, n_hidden)
 
-    def stratified_terms(self, x: torch.Tensor, n_samples: int = 1) -> StratifiedTerms:
+    def draw_terms(
+        self,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        n_sampled_components: int | None = None,
+        with_sub_mixture: bool = False,
+    ) -> DrawTerms:
         qz = self.encoder(x)
-        z = qz.rsample(n_samples)
-        return StratifiedTerms(
+        component = sample_components(
+            self.n_components, n_sampled_components, x.shape[0], device=x.device
+        )
+        z = qz.rsample_components(component, n_samples)
+        return qz.draw_terms(
+            z,
+            component,
             log_px_z=self._decode(x, z),
             log_pz=self.prior.log_prob(z),
-            log_q_mix=qz.log_prob(z),
-            log_q_own=qz.own_component_log_prob(z),
+            with_sub_mixture=with_sub_mixture,
         )
 
     @torch.no_grad()
@@ -242,6 +298,9 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         ``"dense"`` or ``"pixelcnn"``.
     pixelcnn_channels, pixelcnn_layers
         PixelCNN size.
+    shared_encoder
+        Amortize the components: the networks of ``q(z2 | x)`` and ``q(z1 | x, z2)`` are shared,
+        and only their last layers are conditioned on each component's code.
     """
 
     def __init__(
@@ -254,15 +313,25 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         decoder: Literal["dense", "pixelcnn"] = "dense",
         pixelcnn_channels: int = 32,
         pixelcnn_layers: int = 4,
+        shared_encoder: bool = False,
     ):
         super().__init__()
         self.n_components = n_components
         self.n_latent = n_latent
-        self.z2_encoder = StackedGaussianEncoder(n_components, N_PIXELS, n_latent, n_hidden)
-        self.z1_from_x = StackedGatedDense(n_components, N_PIXELS, n_hidden)
-        self.z1_from_z2 = StackedGatedDense(n_components, n_latent, n_hidden)
-        self.z1_joint = StackedGatedDense(n_components, 2 * n_hidden, n_hidden)
-        self.z1_head = StackedGaussianHead(n_components, n_hidden, n_latent)
+        self.shared_encoder = shared_encoder
+        self.z2_encoder = gaussian_encoder(
+            n_components, N_PIXELS, n_latent, n_hidden, shared=shared_encoder
+        )
+        if shared_encoder:
+            self.z1_from_x = GatedDense(N_PIXELS, n_hidden)
+            self.z1_from_z2 = GatedDense(n_latent, n_hidden)
+            self.z1_joint = CodedGatedDense(n_components, 2 * n_hidden, n_hidden)
+            self.z1_head = CodedGaussianHead(n_components, n_hidden, n_latent)
+        else:
+            self.z1_from_x = StackedGatedDense(n_components, N_PIXELS, n_hidden)
+            self.z1_from_z2 = StackedGatedDense(n_components, n_latent, n_hidden)
+            self.z1_joint = StackedGatedDense(n_components, 2 * n_hidden, n_hidden)
+            self.z1_head = StackedGaussianHead(n_components, n_hidden, n_latent)
         self.prior_z2 = VampPrior(self.z2_encoder, n_pseudo_inputs)
         self.prior_z1 = nn.Sequential(
             GatedDense(n_latent, n_hidden), GatedDense(n_hidden, n_hidden)
@@ -278,14 +347,19 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
     def _z1_posteriors(self, x: torch.Tensor, z2: torch.Tensor):
         """Every component's ``q_j(z1 | x, z2)`` at every ``z2`` draw.
 
-        ``z2 [L, S, B, D]`` -> loc, scale ``[S_j, L, S, B, D]``.
+        ``z2 [L, A, B, D]`` -> loc, scale ``[S_j, L, A, B, D]``.
         """
-        n_components = self.n_components
-        h_x = self.z1_from_x(x)  # [B, S_j, H], shared by all draws of an observation
-        h_z2 = self.z1_from_z2(z2.reshape(-1, z2.shape[-1]))  # [N, S_j, H]
-        h_x = h_x.expand(math.prod(z2.shape[:-2]), *h_x.shape).reshape(h_z2.shape)
-        loc, scale = self.z1_head(self.z1_joint(torch.cat([h_x, h_z2], dim=-1)))
-        shape = (n_components, *z2.shape)
+        n_draws = math.prod(z2.shape[:-2])
+        h_x = self.z1_from_x(x)  # shared by all draws of an image
+        h_z2 = self.z1_from_z2(z2.reshape(-1, z2.shape[-1]))
+        h_x = h_x.expand(n_draws, *h_x.shape).reshape(h_z2.shape)
+        joint = torch.cat([h_x, h_z2], dim=-1)  # [N, H] shared, or [N, S_j, H] stacked
+        if self.shared_encoder:
+            hidden = self.z1_joint(joint, per_component=False)
+        else:
+            hidden = self.z1_joint(joint)
+        loc, scale = self.z1_head(hidden)
+        shape = (self.n_components, *z2.shape)
         return loc.reshape(shape), scale.reshape(shape)
 
     def component_log_densities(
@@ -293,8 +367,8 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
     ) -> torch.Tensor:
         """``log q_j(z2 | x) + log q_j(z1 | x, z2)`` of every component ``j`` at given draws.
 
-        ``z2`` and ``z1_base`` (``z1`` before the flow) are ``[L, S, B, D]``; returns
-        ``[S_j, L, S, B]``.
+        ``z2`` and ``z1_base`` (``z1`` before the flow) are ``[L, A, B, D]``; returns
+        ``[S_j, L, A, B]``.
         """
         loc1, scale1 = self._z1_posteriors(x, z2)
         return self._joint_log_densities(self.z2_encoder(x), loc1, scale1, z2, z1_base)
@@ -304,28 +378,43 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         log_q1 = Normal(loc1, scale1).log_prob(z1_base).sum(-1)  # [S_j, L, S, B]
         return log_q1 + q_z2.component_log_prob(z2).movedim(-2, 0)
 
-    def stratified_terms(self, x: torch.Tensor, n_samples: int = 1) -> StratifiedTerms:
+    def draw_terms(
+        self,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        n_sampled_components: int | None = None,
+        with_sub_mixture: bool = False,
+    ) -> DrawTerms:
         q_z2 = self.z2_encoder(x)
-        z2 = q_z2.rsample(n_samples)  # [L, S, B, D]
-        loc1, scale1 = self._z1_posteriors(x, z2)  # [S_j, L, S, B, D]
-        own = torch.arange(self.n_components, device=x.device)
-        loc1_own = loc1[own, :, own].movedim(0, 1)  # component s's z1 posterior at its z2
-        scale1_own = scale1[own, :, own].movedim(0, 1)
+        component = sample_components(
+            self.n_components, n_sampled_components, x.shape[0], device=x.device
+        )
+        z2 = q_z2.rsample_components(component, n_samples)  # [L, A, B, D]
+        loc1, scale1 = self._z1_posteriors(x, z2)  # [S_j, L, A, B, D]
+        # the drawing component's q(z1 | x, z2) at its own z2 draw
+        own = component.view(1, 1, *component.shape, 1).expand(1, *z2.shape)
+        loc1_own, scale1_own = loc1.gather(0, own)[0], scale1.gather(0, own)[0]
         z1 = loc1_own + scale1_own * torch.randn_like(loc1_own)
 
-        log_q_joint = self._joint_log_densities(q_z2, loc1, scale1, z2, z1)
-        log_q_mix = torch.logsumexp(log_q_joint, 0) - math.log(self.n_components)
-        log_q_own = log_q_joint[own, :, own].movedim(0, 1)
-
+        log_q_components = self._joint_log_densities(q_z2, loc1, scale1, z2, z1).movedim(0, -2)
         if self.flow is not None:
+            # one flow for every component: each density loses the same log-determinant
             z1, log_det = self.flow(z1)
-            log_q_mix = log_q_mix - log_det
-            log_q_own = log_q_own - log_det
-
+            log_q_components = log_q_components - log_det.unsqueeze(-2)
+        log_q_mix, log_q_own, log_q_sub = mixture_densities(
+            log_q_components, component, with_sub_mixture
+        )
         p_z1 = Normal(*self.prior_z1_head(self.prior_z1(z2)))
         log_pz = p_z1.log_prob(z1).sum(-1) + self.prior_z2.log_prob(z2)
-        log_px_z = self._decode(x, torch.cat([z1, z2], dim=-1))
-        return StratifiedTerms(log_px_z, log_pz, log_q_mix, log_q_own)
+        return DrawTerms(
+            log_q_mix=log_q_mix,
+            log_q_own=log_q_own,
+            component=component,
+            n_components=self.n_components,
+            log_px_z=self._decode(x, torch.cat([z1, z2], dim=-1)),
+            log_pz=log_pz,
+            log_q_sub=log_q_sub,
+        )
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
@@ -341,15 +430,26 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         return x
 
 
-def build_model(architecture: Architecture, n_components: int, **kwargs) -> MixtureImageVAE:
+def build_model(
+    architecture: Architecture, n_components: int, shared_encoder: bool = False, **kwargs
+) -> MixtureImageVAE:
     """The model of an architecture name.
 
     ``vanilla``: gated dense VAE, N(0, I) prior. ``vampprior``: the same with a VampPrior.
     ``hierarchical``: two latent layers, VampPrior on the top one. ``composite``: hierarchical
-    with a shared IAF on the posterior and a PixelCNN decoder.
+    with a shared IAF on the posterior and a PixelCNN decoder. ``shared_encoder`` amortizes the
+    ``S`` encoders (every architecture).
     """
     if not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
+    cap = MAX_SHARED_COMPONENTS if shared_encoder else MAX_SEPARATE_COMPONENTS
+    if n_components > cap:
+        raise ValueError(
+            f"n_components={n_components} is beyond the supported {cap} for "
+            f"{'a shared' if shared_encoder else 'separate'} encoder(s)"
+            + ("." if shared_encoder else "; use shared_encoder=True for larger mixtures.")
+        )
+    kwargs["shared_encoder"] = shared_encoder
     if architecture == "vanilla":
         return MixtureVAE(n_components, prior="standard", **kwargs)
     if architecture == "vampprior":

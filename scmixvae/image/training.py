@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,13 +16,19 @@ from lightning.pytorch.loggers import CSVLogger
 
 from scmixvae.io import atomic_path
 from scmixvae.mixture import (
+    DrawTerms,
+    Objective,
     accumulate_log_weights,
+    bound,
+    component_responsibilities,
+    jsd,
     log_likelihood_from_sums,
-    stratified_bound,
+    log_weights,
+    validate_objective,
 )
 
 from .data import ImageDataModule, load_splits
-from .models import MixtureImageVAE, StratifiedTerms, build_model, check_images
+from .models import MixtureImageVAE, build_model, check_images
 
 CONFIG_FILE, RESULT_FILE, EVALUATION_FILE = "config.json", "training.json", "evaluation.json"
 
@@ -33,12 +39,17 @@ class ImageTrainConfig:
 
     Defaults follow the method's experiments: Adam with learning rate 5e-4, batches of 100,
     linear KL warm-up over 100 epochs, early stopping on the validation bound.
+    ``shared_encoder`` amortizes the ``S`` encoders; ``n_sampled_components`` (``A``) draws from
+    ``A`` components per image and step (``None``: all), in training and validation; test
+    evaluation always uses all ``S``.
     """
 
     architecture: str = "vanilla"
     dataset: str = "mnist"
     n_components: int = 1
-    objective: Literal["miselbo", "ensemble"] = "miselbo"
+    objective: Objective = "miselbo"
+    shared_encoder: bool = False
+    n_sampled_components: int | None = None
     n_particles: int = 1
     importance_weighted: bool = False
     epochs: int = 100
@@ -52,12 +63,6 @@ class ImageTrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def bound_of(terms: StratifiedTerms, objective: str, beta=1.0, importance_weighted=False):
-    """MISELBO (``objective="miselbo"``) or the ensemble ELBO per image, ``[B]``."""
-    log_q = terms.log_q_mix if objective == "miselbo" else terms.log_q_own
-    return stratified_bound(terms.log_px_z, terms.log_pz, log_q, beta, importance_weighted)
-
-
 class ImageVAEPlan(pl.LightningModule):
     """Lightning wrapper: negative bound as the loss, linear KL warm-up, validation bound."""
 
@@ -65,7 +70,16 @@ class ImageVAEPlan(pl.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
+        self.objective = validate_objective(config.objective)
         self.warmup_steps = config.warmup_epochs * steps_per_epoch
+
+    def _terms(self, x: torch.Tensor, n_samples: int) -> DrawTerms:
+        return self.model.draw_terms(
+            x,
+            n_samples,
+            n_sampled_components=self.config.n_sampled_components,
+            with_sub_mixture=self.objective == "some_to_some",
+        )
 
     def _beta(self) -> float:
         if self.warmup_steps <= 0:
@@ -73,11 +87,8 @@ class ImageVAEPlan(pl.LightningModule):
         return min(1.0, (self.global_step + 1) / self.warmup_steps)
 
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        terms = self.model.stratified_terms(x, self.config.n_particles)
-        bound = bound_of(
-            terms, self.config.objective, self._beta(), self.config.importance_weighted
-        )
-        loss = -bound.mean()
+        terms = self._terms(x, self.config.n_particles)
+        loss = -bound(terms, self.objective, self._beta(), self.config.importance_weighted).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step}"
@@ -87,14 +98,23 @@ class ImageVAEPlan(pl.LightningModule):
         return loss
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        terms = self.model.stratified_terms(x, 1)
-        bound = bound_of(terms, self.config.objective)
-        jsd = (terms.log_q_own - terms.log_q_mix).mean((0, 1))
-        self.log("val_loss", -bound.mean(), prog_bar=True, batch_size=x.shape[0])
-        self.log("val_jsd", jsd.mean(), batch_size=x.shape[0])
+        terms = self._terms(x, 1)
+        self.log("val_loss", -bound(terms, self.objective).mean(), prog_bar=True,
+                 batch_size=x.shape[0])  # fmt: skip
+        self.log("val_jsd", jsd(terms).mean(), batch_size=x.shape[0])
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+
+
+def _mixture_options(config: ImageTrainConfig) -> str:
+    """`` (shared encoder, A=1)``-style note of the non-default mixture options."""
+    notes = ["shared encoder"] if config.shared_encoder else []
+    if config.n_sampled_components is not None:
+        notes.append(f"A={config.n_sampled_components}")
+    if config.objective != "miselbo":
+        notes.append(config.objective)
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -123,7 +143,9 @@ def train(
     pl.seed_everything(config.seed, verbose=False)
     splits = load_splits(config.dataset, data_dir, seed=config.seed, subset=config.subset)
     data = ImageDataModule(splits, batch_size=config.batch_size, eval_batch_size=500)
-    model = build_model(config.architecture, config.n_components, **config.model_kwargs)
+    model = build_model(
+        config.architecture, config.n_components, config.shared_encoder, **config.model_kwargs
+    )
     steps_per_epoch = -(-len(splits.train) // config.batch_size)
     plan = ImageVAEPlan(model, config, steps_per_epoch)
     _write_json(out / CONFIG_FILE, asdict(config))
@@ -172,7 +194,9 @@ def load_trained(out_dir: str | os.PathLike) -> tuple[MixtureImageVAE, ImageTrai
     ckpt = out / "checkpoints" / summary.get("best_checkpoint", "last.ckpt")
     if not ckpt.is_file():
         ckpt = out / "checkpoints" / "last.ckpt"
-    model = build_model(config.architecture, config.n_components, **config.model_kwargs)
+    model = build_model(
+        config.architecture, config.n_components, config.shared_encoder, **config.model_kwargs
+    )
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     return model.eval(), config
@@ -186,9 +210,13 @@ def evaluate_model(
     batch_size: int = 100,
     max_draws_per_pass: int = 20_000,
     seed: int = 0,
-    objective: str = "miselbo",
+    objective: Objective = "miselbo",
 ) -> dict[str, Any]:
     """Importance-sampled test NLL (both estimators), bound, JSD and component usage.
+
+    Every number comes from the same ``K`` draws of every one of the ``S`` components per
+    image: the NLL estimators from their importance weights, the bound and the JSD from their
+    average.
 
     Parameters
     ----------
@@ -197,7 +225,7 @@ def evaluate_model(
     images
         ``[N, 784]`` binary images.
     n_samples_per_component
-        Importance samples per component per image ``K`` (the papers use 5000).
+        Importance samples per component per image ``K`` (the papers use 5000 in all).
     batch_size
         Images per pass.
     max_draws_per_pass
@@ -208,34 +236,39 @@ def evaluate_model(
         Which bound to report next to the NLL.
     """
     check_images(images)
+    objective = validate_objective(objective)
     model.eval()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     n_components = model.n_components
     chunk = max(1, max_draws_per_pass // (n_components * batch_size))
-    tight, paper, bound, jsd, usage = [], [], [], [], []
+    tight, paper, bounds, divergences, usage = [], [], [], [], []
     try:
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size]
-            sums = accumulate_log_weights(
-                lambda k, x=x: model.stratified_terms(x, k).log_weights,
-                n_samples_per_component,
-                chunk,
-            )
+            bound_sum, jsd_sum = torch.zeros(x.shape[0]), torch.zeros(x.shape[0])
+
+            def log_weight_fn(k: int, x: torch.Tensor = x) -> torch.Tensor:
+                nonlocal bound_sum, jsd_sum
+                terms = model.draw_terms(x, k, with_sub_mixture=objective == "some_to_some")
+                bound_sum = bound_sum + k * bound(terms, objective)
+                jsd_sum = jsd_sum + k * jsd(terms)
+                return log_weights(terms)
+
+            sums = accumulate_log_weights(log_weight_fn, n_samples_per_component, chunk)
             tight.append(log_likelihood_from_sums(sums, n_samples_per_component, "mixture"))
             paper.append(log_likelihood_from_sums(sums, n_samples_per_component, "per_component"))
-            usage.append(torch.softmax(sums, 0).T)
-            terms = model.stratified_terms(x, 10)
-            bound.append(bound_of(terms, objective))
-            jsd.append((terms.log_q_own - terms.log_q_mix).mean((0, 1)))
+            usage.append(component_responsibilities(sums).T)
+            bounds.append(bound_sum / n_samples_per_component)
+            divergences.append(jsd_sum / n_samples_per_component)
     finally:
         torch.random.set_rng_state(generator_state)
     usage_mean = torch.cat(usage).mean(0)
     return {
         "nll_mixture": -float(torch.cat(tight).mean()),
         "nll_per_component": -float(torch.cat(paper).mean()),
-        "negative_bound": -float(torch.cat(bound).mean()),
-        "jsd": float(torch.cat(jsd).mean()),
+        "negative_bound": -float(torch.cat(bounds).mean()),
+        "jsd": float(torch.cat(divergences).mean()),
         "component_usage": [float(u) for u in usage_mean],
         "n_images": int(images.shape[0]),
         "n_samples_per_component": n_samples_per_component,
@@ -279,7 +312,8 @@ def evaluate(
     _write_json(out / EVALUATION_FILE, result)
     with atomic_path(out / "evaluation.md") as tmp:
         tmp.write_text(
-            f"# {config.architecture}, S={config.n_components}, {config.dataset}\n\n"
+            f"# {config.architecture}, S={config.n_components}{_mixture_options(config)}, "
+            f"{config.dataset}\n\n"
             f"| test NLL (mixture, tight) | test NLL (per-component) | -bound | JSD | K/comp | "
             f"images | epochs |\n|---|---|---|---|---|---|---|\n"
             f"| {result['nll_mixture']:.2f} | {result['nll_per_component']:.2f} | "

@@ -1,17 +1,29 @@
-"""The mixture posterior and MISELBO, written once for every data domain (torch only)."""
+"""The mixture posterior and its estimators, written once for every data domain (torch only).
 
+``bounds`` is the estimator core (per-draw terms, objectives, bound, JSD, importance weights,
+held-out likelihood); ``distribution`` the mixture posterior and component sampling;
+``stacked_encoder`` S separate encoders run as one module; ``amortized`` the layer that lets one
+network serve every component.
+"""
+
+from .amortized import ComponentCodedLinear
 from .bounds import (
+    OBJECTIVES,
+    DrawTerms,
+    NLLEstimator,
+    Objective,
     accumulate_log_weights,
-    ensemble_elbo,
-    importance_sampled_log_likelihood,
+    bound,
+    jsd,
+    kl_term,
     log_likelihood_from_sums,
     log_mean_exp,
-    miselbo,
-    mixture_log_weights,
-    stratified_bound,
+    log_weights,
+    mixture_densities,
+    validate_objective,
 )
-from .diagnostics import component_responsibilities, effective_sample_size, generalized_jsd
-from .distribution import MixtureNormal, gaussian_log_prob_matrix
+from .diagnostics import component_responsibilities, effective_sample_size
+from .distribution import MixtureNormal, gaussian_log_prob_matrix, sample_components
 from .stacked_encoder import (
     StackedBatchNorm1d,
     StackedEncoder,
@@ -20,21 +32,27 @@ from .stacked_encoder import (
 )
 
 __all__ = [
+    "OBJECTIVES",
+    "ComponentCodedLinear",
+    "DrawTerms",
     "MixtureNormal",
+    "NLLEstimator",
+    "Objective",
     "StackedBatchNorm1d",
     "StackedEncoder",
     "StackedFCLayers",
     "StackedLinear",
     "accumulate_log_weights",
+    "bound",
     "component_responsibilities",
     "effective_sample_size",
-    "ensemble_elbo",
     "gaussian_log_prob_matrix",
-    "generalized_jsd",
-    "importance_sampled_log_likelihood",
+    "jsd",
+    "kl_term",
     "log_likelihood_from_sums",
     "log_mean_exp",
-    "miselbo",
-    "mixture_log_weights",
-    "stratified_bound",
+    "log_weights",
+    "mixture_densities",
+    "sample_components",
+    "validate_objective",
 ]

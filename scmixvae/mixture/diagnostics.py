@@ -1,36 +1,14 @@
-r"""Diagnostics of a mixture posterior: component divergence, usage and weight quality."""
+r"""Diagnostics of a mixture posterior: component usage and weight quality.
+
+The divergence between the components is :func:`scmixvae.mixture.jsd`, in the estimator core.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .distribution import MixtureNormal
 
-
-def generalized_jsd(qz: MixtureNormal, z: torch.Tensor) -> torch.Tensor:
-    r"""Monte Carlo estimate of the generalized Jensen–Shannon divergence of the components.
-
-    .. math:: \mathrm{JSD} = \frac1S \sum_s \mathbb{E}_{z \sim q_s}
-              \big[\log q_s(z) - \log q_{\mathrm{mix}}(z)\big] \in [0, \log S]
-
-    It is exactly the gap MISELBO − mean component ELBO (at ``beta = 1``, averaged draws):
-    0 when all components coincide, ``log S`` when they do not overlap.
-
-    Parameters
-    ----------
-    qz
-        The mixture.
-    z
-        Stratified draws ``[L, S, B, D]`` from ``qz.rsample(L)``.
-
-    Returns
-    -------
-    ``[B]``.
-    """
-    return (qz.own_component_log_prob(z) - qz.log_prob(z)).mean(dim=(0, 1))
-
-
-def component_responsibilities(log_weights: torch.Tensor) -> torch.Tensor:
+def component_responsibilities(log_weight_sums: torch.Tensor) -> torch.Tensor:
     r"""Share of the importance-sampled likelihood contributed by each component's draws.
 
     With stratified draws and weights :math:`w = p(x, z) / q_{\mathrm{mix}}(z)`, component
@@ -39,14 +17,15 @@ def component_responsibilities(log_weights: torch.Tensor) -> torch.Tensor:
 
     Parameters
     ----------
-    log_weights
-        ``[L, S, B]``.
+    log_weight_sums
+        ``[S, B]``: :math:`\log \sum_l w_{s,l}` per component, as
+        :func:`~scmixvae.mixture.accumulate_log_weights` returns.
 
     Returns
     -------
     ``[S, B]``, summing to one over components.
     """
-    return torch.softmax(torch.logsumexp(log_weights, dim=0), dim=0)
+    return torch.softmax(log_weight_sums, dim=0)
 
 
 def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:

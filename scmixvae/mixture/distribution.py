@@ -6,7 +6,9 @@ import math
 from typing import ClassVar
 
 import torch
-from torch.distributions import Distribution, Normal, constraints
+from torch.distributions import Distribution, Normal, constraints, kl_divergence
+
+from .bounds import DrawTerms, mixture_densities
 
 
 def gaussian_log_prob_matrix(
@@ -30,6 +32,37 @@ def gaussian_log_prob_matrix(
     )
     log_norm = scale.log().sum(-1) + 0.5 * z.shape[-1] * math.log(2 * math.pi)
     return -0.5 * quadratic - log_norm
+
+
+def sample_components(
+    n_components: int,
+    n_sampled_components: int | None,
+    n_obs: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Which components draw for each observation, ``[A, B]``.
+
+    Parameters
+    ----------
+    n_components
+        ``S``.
+    n_sampled_components
+        ``A``. ``None`` or ``S``: every component, in order (the stratified estimator, with no
+        randomness). ``1 <= A < S``: ``A`` distinct components per observation, drawn uniformly
+        and independently for every observation.
+    n_obs
+        ``B``.
+    """
+    if n_sampled_components is None or n_sampled_components == n_components:
+        return torch.arange(n_components, device=device).unsqueeze(1).expand(-1, n_obs)
+    if not 1 <= n_sampled_components <= n_components:
+        raise ValueError(
+            f"n_sampled_components must be in [1, n_components={n_components}], got "
+            f"{n_sampled_components}."
+        )
+    # the A smallest of S uniform keys are a uniformly random A-subset
+    keys = torch.rand(n_components, n_obs, device=device)
+    return keys.topk(n_sampled_components, dim=0, largest=False, sorted=False).indices
 
 
 def _as_size(sample_shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
@@ -151,6 +184,66 @@ class MixtureNormal(Distribution):
         with torch.no_grad():
             return self.rsample(sample_shape)
 
+    def rsample_components(
+        self, component: torch.Tensor, sample_shape: int | tuple[int, ...] | torch.Size = ()
+    ) -> torch.Tensor:
+        """Reparameterised draws from chosen components.
+
+        Parameters
+        ----------
+        component
+            ``[A, B]`` from :func:`sample_components`.
+        sample_shape
+            Draws per chosen component.
+
+        Returns
+        -------
+        ``[*sample_shape, A, B, D]``. With every component in order it is :meth:`rsample`,
+        draw for draw.
+        """
+        loc, scale = self.gather_components(component)
+        eps = torch.randn(_as_size(sample_shape) + loc.shape, dtype=loc.dtype, device=loc.device)
+        return loc + eps * scale
+
+    def gather_components(self, component: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of the chosen components, each ``[A, B, D]``."""
+        index = component.unsqueeze(-1).expand(*component.shape, self.component_loc.shape[-1])
+        return self.component_loc.gather(0, index), self.component_scale.gather(0, index)
+
+    def draw_terms(
+        self,
+        z: torch.Tensor,
+        component: torch.Tensor,
+        log_px_z: torch.Tensor | None = None,
+        log_pz: torch.Tensor | None = None,
+        with_sub_mixture: bool = False,
+        kl_own: torch.Tensor | None = None,
+    ) -> DrawTerms:
+        """The posterior's densities at draws ``z [L, A, B, D]`` from ``component [A, B]``.
+
+        The model's terms (``log_px_z``, ``log_pz``, ``[L, A, B]``) are passed through; see
+        :class:`~scmixvae.mixture.DrawTerms`.
+        """
+        log_q_mix, log_q_own, log_q_sub = mixture_densities(
+            self.component_log_prob(z), component, with_sub_mixture
+        )
+        return DrawTerms(
+            log_q_mix=log_q_mix,
+            log_q_own=log_q_own,
+            component=component,
+            n_components=self.n_components,
+            log_px_z=log_px_z,
+            log_pz=log_pz,
+            log_q_sub=log_q_sub,
+            kl_own=kl_own,
+        )
+
+    def kl_to_standard_normal(self, component: torch.Tensor) -> torch.Tensor:
+        r"""Closed-form KL of each chosen component to :math:`\mathcal{N}(0, I)`, ``[A, B]``."""
+        loc, scale = self.gather_components(component)
+        prior = Normal(torch.zeros_like(loc), torch.ones_like(scale))
+        return kl_divergence(Normal(loc, scale), prior).sum(-1)
+
     def sample_mixture(
         self, sample_shape: int | tuple[int, ...] | torch.Size = ()
     ) -> torch.Tensor:
@@ -209,20 +302,6 @@ class MixtureNormal(Distribution):
         Tensor of shape ``[..., B]``.
         """
         return torch.logsumexp(self.component_log_prob(z), dim=-2) - math.log(self.n_components)
-
-    def own_component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """Log density of each stratified draw under the component that drew it.
-
-        Parameters
-        ----------
-        z
-            Stratified draws of shape ``[..., S, B, D]`` (from :meth:`rsample`).
-
-        Returns
-        -------
-        Tensor of shape ``[..., S, B]``: :math:`\\log q_s(z_s)`.
-        """
-        return Normal(self.component_loc, self.component_scale).log_prob(z).sum(-1)
 
     def responsibilities(self, z: torch.Tensor) -> torch.Tensor:
         """Posterior probability of each component having produced ``z``, ``[..., S, B]``."""

@@ -29,10 +29,15 @@ from scvi.model.base import (
 from scvi.module._constants import MODULE_KEYS
 from scvi.utils import setup_anndata_dsp
 
-from scmixvae.mixture import component_responsibilities, generalized_jsd
-from scmixvae.mixture.bounds import NLLEstimator
+from scmixvae.mixture import (
+    NLLEstimator,
+    Objective,
+    component_responsibilities,
+    jsd,
+    sample_components,
+)
 
-from .module import MixVAE, Objective
+from .module import MixVAE
 from .safety import (
     NonFiniteLossGuard,
     RNGStateCheckpoint,
@@ -46,6 +51,8 @@ from .validation import check_counts, warn_empty_cells_and_genes
 logger = logging.getLogger(__name__)
 
 ComponentSelection = int | Literal["all"] | None
+# bound on the [draws, S, S, cells, latent] temporary of the divergence estimate
+DIVERGENCE_ELEMENTS = 20_000_000
 
 
 class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -63,7 +70,18 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     n_components
         Number of mixture components ``S``; ``1`` is scVI.
     objective
-        ``"miselbo"`` (the method) or ``"ensemble"`` (each encoder trained on its own ELBO).
+        ``"miselbo"`` (the method), ``"ensemble"`` (each encoder trained on its own ELBO) or
+        ``"some_to_some"`` (each draw against the mixture of the components drawn with it).
+    shared_encoder
+        Amortize the components: scVI's encoder layers run once per cell and a small head,
+        conditioned on each component's code, gives every component's mean and variance
+        (Hotti et al., 2024). A component then costs a few hundred parameters instead of a
+        whole encoder, so ``n_components`` can reach the hundreds.
+    n_sampled_components
+        Components each cell draws from per training step (``A``). ``None``: all ``S`` (the
+        stratified MISELBO of the paper). ``A < S``: ``A`` distinct components per cell,
+        chosen uniformly, each draw still weighed against the whole mixture (Some-to-All): an
+        unbiased estimate of the same bound at ``A / S`` of the decoder's cost.
     n_particles
         Draws per component per training step.
     importance_weighted
@@ -91,6 +109,8 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         n_components: int = 5,
         objective: Objective = "miselbo",
+        shared_encoder: bool = False,
+        n_sampled_components: int | None = None,
         n_particles: int = 1,
         importance_weighted: bool = False,
         n_hidden: int = 128,
@@ -119,6 +139,8 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             n_input=self.summary_stats.n_vars,
             n_components=n_components,
             objective=objective,
+            shared_encoder=shared_encoder,
+            n_sampled_components=n_sampled_components,
             n_particles=n_particles,
             importance_weighted=importance_weighted,
             n_batch=n_batch,
@@ -137,9 +159,12 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             library_log_vars=library_log_vars,
             **kwargs,
         )
+        drawn = "all" if n_sampled_components is None else n_sampled_components
         self._model_summary_string = (
-            f"MixSCVI model: {n_components} mixture components, objective '{objective}', "
-            f"{n_particles} draw(s) per component.\n"
+            f"MixSCVI model: {n_components} mixture components "
+            f"({'shared encoder' if shared_encoder else 'separate encoders'}), objective "
+            f"'{objective}', {drawn} component(s) sampled per step, {n_particles} draw(s) per "
+            "sampled component.\n"
             f"n_hidden: {n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, "
             f"dropout_rate: {dropout_rate}, dispersion: {dispersion}, "
             f"gene_likelihood: {gene_likelihood}."
@@ -421,8 +446,8 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         self.module.eval()
         out = []
         for tensors in self._minibatches(adata, indices, batch_size):
-            log_w = self.module.log_importance_weights(tensors, n_samples_per_component)
-            out.append(component_responsibilities(log_w).T.cpu())
+            sums = self.module.log_weight_sums(tensors, n_samples_per_component)
+            out.append(component_responsibilities(sums).T.cpu())
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
@@ -436,13 +461,34 @@ class MixSCVI(RNASeqMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         """Per-cell generalized Jensen–Shannon divergence of the components, ``(n_cells,)``.
 
         Equal to MISELBO − mean component ELBO; in ``[0, log S]``. Near 0 the components
-        coincide (the mixture adds nothing); near ``log S`` they do not overlap.
+        coincide (the mixture adds nothing); near ``log S`` they do not overlap. Estimated
+        from ``n_samples_per_component`` draws of every component (no decoding).
         """
-        out = [
-            generalized_jsd(qz, qz.rsample(n_samples_per_component)).cpu()
-            for _, qz in self._mixtures(adata, indices, batch_size)
-        ]
+        out = []
+        for _, qz in self._mixtures(adata, indices, batch_size):
+            n_cells, n_latent = qz.component_loc.shape[1:]
+            component = sample_components(self.n_components, None, n_cells, qz.loc.device)
+            # every draw is scored under all S components: bound the [k, S, S, B, D] temporary
+            per_pass = max(1, DIVERGENCE_ELEMENTS // (self.n_components**2 * n_cells * n_latent))
+            total, remaining = torch.zeros(n_cells, device=qz.loc.device), n_samples_per_component
+            while remaining > 0:
+                k = min(per_pass, remaining)
+                z = qz.rsample_components(component, k)
+                total += jsd(qz.draw_terms(z, component)) * k
+                remaining -= k
+            out.append((total / n_samples_per_component).cpu())
         return torch.cat(out).numpy()
+
+    @torch.inference_mode()
+    def get_elbo(self, *args, **kwargs):
+        """The model's bound on the data, from draws of every component (scvi-tools' API).
+
+        Arguments as :meth:`scvi.model.SCVI.get_elbo`. Unlike training steps with
+        ``n_sampled_components``, every component draws here, so the estimate has no
+        component-sampling noise.
+        """
+        kwargs.setdefault("inference_kwargs", {"n_sampled_components": None})
+        return super().get_elbo(*args, **kwargs)
 
     @torch.inference_mode()
     def get_marginal_ll(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -14,55 +15,82 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch.distributions import Distribution, Normal, kl_divergence
 
 from scmixvae.mixture import (
+    DrawTerms,
     MixtureNormal,
-    StackedEncoder,
-    importance_sampled_log_likelihood,
-    stratified_bound,
+    NLLEstimator,
+    Objective,
+    accumulate_log_weights,
+    bound,
+    jsd,
+    kl_term,
+    log_likelihood_from_sums,
+    log_weights,
+    sample_components,
+    validate_objective,
 )
-from scmixvae.mixture.bounds import NLLEstimator
 
-Objective = Literal["miselbo", "ensemble"]
-OBJECTIVES = ("miselbo", "ensemble")
-MAX_COMPONENTS = 128
+from .encoders import build_mixture_encoder
+
+COMPONENT_KEY = "component"
+# separate encoders cost S networks per step; the shared trunk costs one
+MAX_SEPARATE_COMPONENTS = 128
+MAX_SHARED_COMPONENTS = 1024
+# decoder passes per cell per training step (n_particles x drawn components): beyond this a
+# step's decoded likelihoods (draws x batch x genes) stop fitting in memory at usual sizes
+MAX_DECODED_DRAWS = 128
 # bound on decoded values (draws x cells x genes) per importance-sampling pass: ~10 float32
 # tensors of this size are alive at once, so 2e7 keeps a pass under 1 GB
 MAX_ELEMENTS_PER_PASS = 20_000_000
 
 
-def _reshape_leading(tensor: torch.Tensor | None, n_flat: int, shape: tuple[int, ...]):
-    """Unflatten the first axis of ``tensor`` to ``shape`` where it has the flattened length."""
-    if tensor is None or tensor.dim() == 0 or tensor.shape[0] != n_flat:
-        return tensor
-    return tensor.reshape(*shape, *tensor.shape[1:])
+def _check_mixture_size(
+    n_components: int, shared_encoder: bool, n_sampled_components: int | None, n_particles: int
+) -> None:
+    if not isinstance(n_components, int | np.integer) or n_components < 1:
+        raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
+    cap = MAX_SHARED_COMPONENTS if shared_encoder else MAX_SEPARATE_COMPONENTS
+    if n_components > cap:
+        hint = "" if shared_encoder else " Use shared_encoder=True for larger mixtures."
+        raise ValueError(
+            f"n_components={n_components} is beyond the supported {cap} for "
+            f"{'a shared' if shared_encoder else 'separate'} encoder(s).{hint}"
+        )
+    if n_sampled_components is not None and (
+        not isinstance(n_sampled_components, int | np.integer)
+        or not 1 <= n_sampled_components <= n_components
+    ):
+        raise ValueError(
+            f"n_sampled_components must be None (all) or an integer in [1, {n_components}], "
+            f"got {n_sampled_components!r}."
+        )
+    if n_particles < 1:
+        raise ValueError(f"n_particles must be >= 1, got {n_particles}.")
+    decoded = n_particles * (n_sampled_components or n_components)
+    if decoded > MAX_DECODED_DRAWS:
+        raise ValueError(
+            f"each training step would decode {decoded} draws per cell (n_particles x "
+            f"{'n_sampled_components' if n_sampled_components else 'n_components'}), beyond "
+            f"the supported {MAX_DECODED_DRAWS}: set n_sampled_components (e.g. 1 to 5) to "
+            "draw from a few components per step."
+        )
 
 
-def _reshape_px(px: Distribution, n_flat: int, shape: tuple[int, ...]) -> Distribution:
-    """Rebuild an scvi-tools likelihood with its flattened sample axis unflattened."""
-    params = {}
-    for name in ("mu", "theta", "zi_logits", "scale", "rate", "loc", "normal_mu"):
-        value = px.__dict__.get(name)
-        if isinstance(value, torch.Tensor):
-            params[name] = _reshape_leading(value, n_flat, shape)
-    cls = type(px)
-    if cls.__name__ == "ZeroInflatedNegativeBinomial":
-        return cls(
-            mu=params["mu"], theta=params["theta"], zi_logits=params["zi_logits"],
-            scale=params["scale"],
-        )  # fmt: skip
-    if cls.__name__ == "NegativeBinomial":
-        return cls(mu=params["mu"], theta=params["theta"], scale=params["scale"])
-    if cls.__name__ == "Poisson":
-        return cls(rate=params["rate"], scale=params["scale"])
-    raise TypeError(f"unsupported likelihood {cls.__name__}.")
+def _cell_chunks(tensors: dict[str, torch.Tensor], n_chunk: int) -> Iterator[dict]:
+    """The minibatch in consecutive pieces of at most ``n_chunk`` cells."""
+    n_cells = tensors[REGISTRY_KEYS.X_KEY].shape[0]
+    for start in range(0, n_cells, n_chunk):
+        yield {
+            k: v[start : start + n_chunk] if isinstance(v, torch.Tensor) and v.dim() else v
+            for k, v in tensors.items()
+        }
 
 
 class MixVAE(VAE):
     r"""scVI with a uniform mixture of ``S`` encoders for :math:`q(z \mid x)`.
 
     The generative model, decoder, likelihoods, library-size handling and covariates are
-    scvi-tools' :class:`~scvi.module.VAE`; only the encoder is replaced by a
-    :class:`~scmixvae.mixture.StackedEncoder` of ``S`` components and the loss by MISELBO
-    (:func:`~scmixvae.mixture.miselbo`), with the decoder run on all ``S x L`` draws in one pass.
+    scvi-tools' :class:`~scvi.module.VAE`; the encoder is a mixture of ``S`` components and the
+    loss a mixture bound from :mod:`scmixvae.mixture` (MISELBO by default).
 
     Parameters
     ----------
@@ -72,19 +100,35 @@ class MixVAE(VAE):
         Number of mixture components ``S``.
     objective
         ``"miselbo"``: each draw is weighed against the whole mixture (the method).
-        ``"ensemble"``: each component against its own density — ``S`` independently trained
+        ``"ensemble"``: each component against its own density: ``S`` independently trained
         encoders sharing the decoder, the baseline the method is compared with.
+        ``"some_to_some"``: against the mixture of the drawn components only (see
+        :mod:`scmixvae.mixture.bounds`).
+    shared_encoder
+        ``False``: ``S`` separate encoders (:class:`~scmixvae.mixture.StackedEncoder`), one
+        batched module. ``True``: scVI's encoder layers as a trunk shared by all components and
+        a small head conditioned on each component's code
+        (:class:`~scmixvae.singlecell.encoders.SharedTrunkEncoder`); a component then costs a
+        few hundred parameters.
+    n_sampled_components
+        ``A``, the components each cell draws from per training step. ``None`` (default): all
+        ``S``, the stratified estimator. ``A < S``: ``A`` distinct components per cell, drawn
+        uniformly, so the decoder runs on ``A`` draws per cell; with ``"miselbo"`` this is the
+        unbiased Some-to-All estimator. Held-out likelihoods and diagnostics always use all
+        ``S``.
     n_particles
-        Draws per component per training step, ``L``.
+        Draws per drawn component per training step, ``L``.
     importance_weighted
         With ``n_particles > 1``, combine each component's draws with a log-mean-exp (IWAE form).
+    n_head_hidden
+        Width of the shared encoder's head (default ``n_hidden``).
     **kwargs
         Everything :class:`scvi.module.VAE` takes (``n_batch``, ``n_hidden``, ``n_latent``,
         ``n_layers``, ``dispersion``, ``gene_likelihood``, ``use_observed_lib_size``, ...).
 
     Notes
     -----
-    The KL term is estimated by Monte Carlo against the mixture. When the denominator is a
+    The KL term is estimated by Monte Carlo against the objective's denominator. When that is a
     single Gaussian (``S == 1`` or the ensemble objective, without the importance-weighted form)
     the closed-form KL is used instead, exactly as scVI does, so ``S == 1`` is scVI.
     With a latent library size, ``q(l | x)`` is scVI's single library encoder, shared by the
@@ -96,23 +140,29 @@ class MixVAE(VAE):
         n_input: int,
         n_components: int = 5,
         objective: Objective = "miselbo",
+        shared_encoder: bool = False,
+        n_sampled_components: int | None = None,
         n_particles: int = 1,
         importance_weighted: bool = False,
+        n_head_hidden: int | None = None,
+        n_batch: int = 0,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: list[int] | None = None,
+        dropout_rate: float = 0.1,
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+        var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        extra_encoder_kwargs: dict | None = None,
         latent_distribution: Literal["normal"] = "normal",
         batch_representation: Literal["one-hot"] = "one-hot",
         **kwargs,
     ):
-        if not isinstance(n_components, int | np.integer) or n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
-        if n_components > MAX_COMPONENTS:
-            raise ValueError(
-                f"n_components={n_components} is beyond the supported {MAX_COMPONENTS}: every "
-                "training step decodes S draws per cell, and MISELBO's gains flatten long before."
-            )
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-        if n_particles < 1:
-            raise ValueError(f"n_particles must be >= 1, got {n_particles}.")
+        _check_mixture_size(n_components, shared_encoder, n_sampled_components, n_particles)
+        validate_objective(objective)
         if latent_distribution != "normal":
             raise NotImplementedError("MixVAE supports latent_distribution='normal' only.")
         if batch_representation != "one-hot":
@@ -121,33 +171,51 @@ class MixVAE(VAE):
             raise NotImplementedError(
                 "MixVAE models counts: gene_likelihood 'zinb', 'nb' or 'poisson'."
             )
-        super().__init__(n_input, latent_distribution="normal", **kwargs)
+        super().__init__(
+            n_input,
+            n_batch=n_batch,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_continuous_cov=n_continuous_cov,
+            n_cats_per_cov=n_cats_per_cov,
+            dropout_rate=dropout_rate,
+            encode_covariates=encode_covariates,
+            deeply_inject_covariates=deeply_inject_covariates,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            var_activation=var_activation,
+            extra_encoder_kwargs=extra_encoder_kwargs,
+            latent_distribution="normal",
+            **kwargs,
+        )
         self.n_components = int(n_components)
         self.objective = objective
+        self.shared_encoder = bool(shared_encoder)
+        self.n_sampled_components = (
+            None if n_sampled_components is None else int(n_sampled_components)
+        )
         self.n_particles = n_particles
         self.importance_weighted = importance_weighted
-
-        # read the options back from the encoder scVI just built, so the stacked one matches
-        # whatever VAE made of its keyword defaults
-        first = self.z_encoder.encoder.fc_layers[0][0]
-        cat_list = [n for n in self.z_encoder.encoder.n_cat_list]
-        use_bn = any(isinstance(m, torch.nn.BatchNorm1d) for m in self.z_encoder.modules())
-        use_ln = any(isinstance(m, torch.nn.LayerNorm) for m in self.z_encoder.modules())
-        dropout = next(
-            (m.p for m in self.z_encoder.modules() if isinstance(m, torch.nn.Dropout)), 0.0
-        )
-        self.z_encoder = StackedEncoder(
+        # the same inputs and options scVI's VAE gave its z encoder
+        cat_list = [n_batch, *(n_cats_per_cov or [])] if encode_covariates else None
+        options = {
+            "n_cat_list": cat_list,
+            "n_layers": n_layers,
+            "n_hidden": n_hidden,
+            "dropout_rate": dropout_rate,
+            "use_batch_norm": use_batch_norm in ("encoder", "both"),
+            "use_layer_norm": use_layer_norm in ("encoder", "both"),
+            "inject_covariates": deeply_inject_covariates,
+            "var_activation": var_activation,
+            "extra_encoder_kwargs": extra_encoder_kwargs,
+        }
+        self.z_encoder = build_mixture_encoder(
             self.n_components,
-            first.in_features - self.z_encoder.encoder.n_cov,
+            self.shared_encoder,
+            n_input + n_continuous_cov * encode_covariates,
             self.n_latent,
-            n_cat_list=cat_list or None,
-            n_layers=self.n_layers,
-            n_hidden=self.n_hidden,
-            dropout_rate=dropout,
-            use_batch_norm=use_bn,
-            use_layer_norm=use_ln,
-            inject_covariates=self.z_encoder.encoder.inject_covariates,
-            var_activation=kwargs.get("var_activation"),
+            n_head_hidden=n_head_hidden,
+            **options,
         )
 
     # inference -------------------------------------------------------------------------------
@@ -163,14 +231,16 @@ class MixVAE(VAE):
     ):
         """As :meth:`scvi.module.base.BaseModuleClass.forward`.
 
-        When a loss is computed the draws are stratified over components (``[L, S, B, D]``),
-        otherwise ``n_samples`` draws come from the mixture (``[n, B, D]``, or ``[B, D]``), the
-        shapes scvi-tools' posterior-predictive methods expect.
+        When a loss is computed the draws come from ``A`` components per cell
+        (``[L, A, B, D]``; the module's ``n_sampled_components`` unless ``inference_kwargs``
+        says otherwise), otherwise ``n_samples`` draws come from the mixture (``[n, B, D]``, or
+        ``[B, D]``), the shapes scvi-tools' posterior-predictive methods expect.
         """
         inference_kwargs = dict(inference_kwargs or {})
         inference_kwargs.setdefault("stratified", compute_loss)
         if compute_loss and inference_kwargs["stratified"]:
             inference_kwargs.setdefault("n_samples", self.n_particles)
+            inference_kwargs.setdefault("n_sampled_components", self.n_sampled_components)
         return super().forward(
             tensors,
             get_inference_input_kwargs=get_inference_input_kwargs,
@@ -201,22 +271,28 @@ class MixVAE(VAE):
         cat_covs: torch.Tensor | None = None,
         n_samples: int = 1,
         stratified: bool = False,
+        n_sampled_components: int | None = None,
     ) -> dict[str, torch.Tensor | Distribution | None]:
         """Encode, then draw latents.
 
         Returns
         -------
-        ``qz`` (:class:`~scmixvae.mixture.MixtureNormal`), ``z``, ``ql``, ``library``. ``z`` is
-        ``[n_samples, S, B, D]`` when ``stratified``, else mixture draws ``[n_samples, B, D]``
-        (``[B, D]`` for one sample).
+        ``qz`` (:class:`~scmixvae.mixture.MixtureNormal`), ``z``, ``ql``, ``library`` and, when
+        ``stratified``, ``component`` (``[A, B]``, which component drew). ``z`` is
+        ``[n_samples, A, B, D]`` when ``stratified`` (``A = n_sampled_components``, default
+        all ``S``), else mixture draws ``[n_samples, B, D]`` (``[B, D]`` for one sample).
         """
         if self.minified_data_type is not None:
             raise NotImplementedError("MixVAE does not support minified AnnData.")
         encoder_input, categorical = self._encoder_input(x, cont_covs, cat_covs)
         qz: MixtureNormal = self.z_encoder(encoder_input, batch_index, *categorical)
+        component = None
         if stratified:
-            z = qz.rsample(n_samples)
-            draws = (n_samples, self.n_components)
+            component = sample_components(
+                self.n_components, n_sampled_components, x.shape[0], device=x.device
+            )
+            z = qz.rsample_components(component, n_samples)
+            draws = (n_samples, component.shape[0])
         else:
             z = qz.sample_mixture(n_samples if n_samples > 1 else ())
             draws = (n_samples,) if n_samples > 1 else ()
@@ -238,6 +314,7 @@ class MixVAE(VAE):
             MODULE_KEYS.QZ_KEY: qz,
             MODULE_KEYS.QL_KEY: ql,
             MODULE_KEYS.LIBRARY_KEY: library,
+            COMPONENT_KEY: component,
         }
 
     @auto_move_data
@@ -252,10 +329,20 @@ class MixVAE(VAE):
         y: torch.Tensor | None = None,
         transform_batch: torch.Tensor | None = None,
     ) -> dict[str, Distribution | None]:
-        """scVI's generative model, run once on all draws ``z [..., B, D]`` flattened."""
+        """scVI's generative model.
+
+        Mixture draws (``z [B, D]`` or ``[n, B, D]``) go to scVI's generative model as they are.
+        Stratified draws ``z [L, A, B, D]`` are decoded in one pass with the draws flattened
+        into the cell axis: the likelihood's parameters then have shape ``[L * A * B, G]``, in
+        the order ``(L, A, B)``, and :meth:`draw_log_likelihood` scores them.
+        """
+        if z.dim() != 4:
+            return super().generative(
+                z, library, batch_index, cont_covs=cont_covs, cat_covs=cat_covs,
+                size_factor=size_factor, y=y, transform_batch=transform_batch,
+            )  # fmt: skip
         lead = tuple(z.shape[:-2])
-        n_obs = z.shape[-2]
-        n_flat = math.prod(lead) * n_obs
+        n_flat = math.prod(lead) * z.shape[-2]
 
         def per_draw(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None:
@@ -272,19 +359,20 @@ class MixVAE(VAE):
             y=per_draw(y),
             transform_batch=transform_batch,
         )
-        shape = (*lead, n_obs)
-        pl = outputs[MODULE_KEYS.PL_KEY]
-        return {
-            MODULE_KEYS.PX_KEY: _reshape_px(outputs[MODULE_KEYS.PX_KEY], n_flat, shape),
-            MODULE_KEYS.PL_KEY: None
-            if pl is None
-            else Normal(
-                _reshape_leading(pl.loc, n_flat, shape), _reshape_leading(pl.scale, n_flat, shape)
-            ),
-            MODULE_KEYS.PZ_KEY: Normal(torch.zeros_like(z), torch.ones_like(z)),
-        }
+        outputs[MODULE_KEYS.PZ_KEY] = Normal(torch.zeros_like(z), torch.ones_like(z))
+        return outputs
 
     # loss ------------------------------------------------------------------------------------
+    @staticmethod
+    def draw_log_likelihood(px: Distribution, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(x \\mid z)` of flat decoded draws: ``[L, A, B]`` for ``z [L, A, B, D]``.
+
+        ``px`` holds the parameters of ``L * A * B`` draws in the order ``(L, A, B)``.
+        """
+        lead = z.shape[:-2]
+        x_per_draw = x.repeat(math.prod(lead), 1)  # same (L, A, B) order as the draws
+        return px.log_prob(x_per_draw).sum(-1).view(*lead, x.shape[0])
+
     def _log_library_ratio(self, inference_outputs, batch_index) -> torch.Tensor:
         """log p(l) - log q(l | x) at the library draws, ``[..., B]`` (0 for observed sizes)."""
         library = inference_outputs[MODULE_KEYS.LIBRARY_KEY]
@@ -294,6 +382,38 @@ class MixVAE(VAE):
         prior = self._library_prior(batch_index)
         return (prior.log_prob(library) - ql.log_prob(library)).sum(-1)
 
+    def draw_terms(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        include_library: bool = False,
+    ) -> DrawTerms:
+        """The per-draw terms (:class:`~scmixvae.mixture.DrawTerms`) of a stratified forward pass.
+
+        ``include_library`` folds the latent library's :math:`\\log p(l) - \\log q(l \\mid x)`
+        into :math:`\\log p(x \\mid z)`, as the importance weights need.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
+        z = inference_outputs[MODULE_KEYS.Z_KEY]
+        component = inference_outputs.get(COMPONENT_KEY)
+        if z.dim() != 4 or component is None:
+            raise ValueError("the mixture's terms need stratified draws [L, A, B, D].")
+        log_px_z = self.draw_log_likelihood(generative_outputs[MODULE_KEYS.PX_KEY], x, z)
+        if include_library:
+            log_px_z = log_px_z + self._log_library_ratio(
+                inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY]
+            )
+        return qz.draw_terms(
+            z,
+            component,
+            log_px_z=log_px_z,
+            log_pz=generative_outputs[MODULE_KEYS.PZ_KEY].log_prob(z).sum(-1),
+            with_sub_mixture=self.objective == "some_to_some",
+            kl_own=qz.kl_to_standard_normal(component),
+        )
+
     def loss(
         self,
         tensors: dict[str, torch.Tensor],
@@ -301,60 +421,38 @@ class MixVAE(VAE):
         generative_outputs: dict[str, Distribution | None],
         kl_weight: float | torch.Tensor = 1.0,
     ) -> LossOutput:
-        """Negative MISELBO (or ensemble ELBO) averaged over the minibatch.
+        """Negative bound (:func:`scmixvae.mixture.bound`) averaged over the minibatch.
 
         ``reconstruction_loss`` and ``kl_local['kl_divergence_z']`` are per-cell averages over
-        the stratified draws; their sum is the negative bound, so scvi-tools' ``get_elbo``
-        returns the MISELBO.
+        the draws; their sum is the negative bound, so scvi-tools' ``get_elbo`` returns it.
         """
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
-        z = inference_outputs[MODULE_KEYS.Z_KEY]
-        if z.dim() != 4:
-            raise ValueError("MixVAE.loss needs stratified draws [L, S, B, D].")
-        log_px_z = generative_outputs[MODULE_KEYS.PX_KEY].log_prob(x).sum(-1)  # [L, S, B]
-        log_pz = generative_outputs[MODULE_KEYS.PZ_KEY].log_prob(z).sum(-1)
-        gaussian_denominator = self.objective == "ensemble" or self.n_components == 1
-        log_q_mix, log_q_own = qz.log_prob(z), qz.own_component_log_prob(z)
-        log_qz = log_q_mix if self.objective == "miselbo" else log_q_own
-
-        if self.importance_weighted and self.n_particles > 1:
-            log_lib = self._log_library_ratio(inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY])
-            bound = stratified_bound(
-                log_px_z + log_lib, log_pz, log_qz, beta=kl_weight, importance_weighted=True
-            )
-            kl_l = torch.zeros_like(bound)
-        else:
-            bound = None
-            if self.use_observed_lib_size:
-                kl_l = torch.zeros(x.shape[0], device=x.device)
-            else:  # one library encoder for all components: closed form, as scVI
-                kl_l = kl_divergence(
-                    inference_outputs[MODULE_KEYS.QL_KEY],
-                    self._library_prior(tensors[REGISTRY_KEYS.BATCH_KEY]),
-                ).sum(-1)
-        reconst_loss = -log_px_z.mean((0, 1))
-        if gaussian_denominator:
-            prior = Normal(torch.zeros_like(qz.component_loc), torch.ones_like(qz.component_scale))
-            kl_z = (
-                kl_divergence(Normal(qz.component_loc, qz.component_scale), prior).sum(-1).mean(0)
-            )
-        else:
-            kl_z = (log_qz - log_pz).mean((0, 1))
-        if bound is None:
-            loss = torch.mean(reconst_loss + kl_weight * kl_z + kl_l)
-        else:
-            loss = -bound.mean()
+        importance_weighted = self.importance_weighted and self.n_particles > 1
+        terms = self.draw_terms(
+            tensors, inference_outputs, generative_outputs, include_library=importance_weighted
+        )
+        if importance_weighted or self.use_observed_lib_size:
+            kl_l = torch.zeros(terms.component.shape[-1], device=terms.log_q_mix.device)
+        else:  # one library encoder for all components: closed form, as scVI
+            kl_l = kl_divergence(
+                inference_outputs[MODULE_KEYS.QL_KEY],
+                self._library_prior(tensors[REGISTRY_KEYS.BATCH_KEY]),
+            ).sum(-1)
+        z_bound = bound(terms, self.objective, kl_weight, importance_weighted)
+        loss = torch.mean(kl_l - z_bound)
         extra_metrics = {}
         # scvi-tools 1.4 logs extra metrics under inference_mode, which breaks the metric sync
         # of multi-process (DDP) training; the JSD stays available there via the model methods
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            # the generalized JSD of the components, from the densities computed above
-            extra_metrics["jsd"] = (log_q_own - log_q_mix).detach().mean()
+            extra_metrics["jsd"] = jsd(terms).detach().mean()
+        if importance_weighted:  # reported terms stay the likelihood alone
+            terms = self.draw_terms(tensors, inference_outputs, generative_outputs)
         return LossOutput(
             loss=loss,
-            reconstruction_loss=reconst_loss,
-            kl_local={MODULE_KEYS.KL_L_KEY: kl_l, MODULE_KEYS.KL_Z_KEY: kl_z},
+            reconstruction_loss=-terms.log_px_z.mean((0, 1)),
+            kl_local={
+                MODULE_KEYS.KL_L_KEY: kl_l,
+                MODULE_KEYS.KL_Z_KEY: kl_term(terms, self.objective),
+            },
             extra_metrics=extra_metrics,
         )
 
@@ -367,23 +465,55 @@ class MixVAE(VAE):
     def log_importance_weights(self, tensors: dict[str, torch.Tensor], n_per_component: int):
         """Log-weights ``log p(x, z, l) - log q_mix(z | x) q(l | x)``, ``[K, S, B]``.
 
-        Draws are stratified, ``n_per_component`` from each component; the mixture is the
-        proposal.
+        Draws are stratified over all ``S`` components, ``n_per_component`` from each; the
+        mixture is the proposal.
         """
         inference_outputs, generative_outputs = self.forward(
             tensors,
-            inference_kwargs={"n_samples": n_per_component, "stratified": True},
+            inference_kwargs={
+                "n_samples": n_per_component,
+                "stratified": True,
+                "n_sampled_components": None,
+            },
             compute_loss=False,
         )
-        qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
-        z = inference_outputs[MODULE_KEYS.Z_KEY]
-        x = tensors[REGISTRY_KEYS.X_KEY].to(z.device)
-        log_px_z = generative_outputs[MODULE_KEYS.PX_KEY].log_prob(x).sum(-1)
-        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_lib = self._log_library_ratio(
-            inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY].to(z.device)
+        device = inference_outputs[MODULE_KEYS.Z_KEY].device
+        tensors = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                   for k, v in tensors.items()}  # fmt: skip
+        terms = self.draw_terms(
+            tensors, inference_outputs, generative_outputs, include_library=True
         )
-        return log_px_z + log_lib + log_pz - qz.log_prob(z)
+        return log_weights(terms)
+
+    @torch.inference_mode()
+    def log_weight_sums(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_per_component: int,
+        n_per_pass: int | None = None,
+    ) -> torch.Tensor:
+        """Per component, the log-sum of ``n_per_component`` importance weights, ``[S, B]``.
+
+        The work is split into passes of at most ``MAX_ELEMENTS_PER_PASS`` decoded values
+        (draws x cells x genes): ``n_per_pass`` draws per component at a time (default: as many
+        as fit), and fewer cells at a time when even one draw per component does not fit.
+        """
+        n_genes = tensors[REGISTRY_KEYS.X_KEY].shape[1]
+        cells_per_pass = max(1, MAX_ELEMENTS_PER_PASS // (self.n_components * n_genes))
+        sums = []
+        for chunk in _cell_chunks(tensors, cells_per_pass):
+            n_chunk = chunk[REGISTRY_KEYS.X_KEY].shape[0]
+            per_pass = n_per_pass or max(
+                1, MAX_ELEMENTS_PER_PASS // (self.n_components * n_chunk * n_genes)
+            )
+            sums.append(
+                accumulate_log_weights(
+                    lambda k, chunk=chunk: self.log_importance_weights(chunk, k),
+                    n_per_component,
+                    chunk_size=per_pass,
+                )
+            )
+        return torch.cat(sums, dim=1)
 
     @torch.inference_mode()
     def marginal_ll(
@@ -406,24 +536,14 @@ class MixVAE(VAE):
         return_mean
             Return the mean over cells as a float.
         n_mc_samples_per_pass
-            Samples per component drawn per forward pass. By default as many as keep one pass
-            under ``MAX_ELEMENTS_PER_PASS`` decoded values (draws x cells x genes).
+            Samples per component drawn per forward pass (see :meth:`log_weight_sums`).
         estimator
             ``"mixture"`` (tight, default) or ``"per_component"`` (the method's reference code);
-            see :func:`~scmixvae.mixture.importance_sampled_log_likelihood`.
+            see :func:`~scmixvae.mixture.log_likelihood_from_sums`.
         """
         per_component = max(1, n_mc_samples // self.n_components)
-        if n_mc_samples_per_pass is None:
-            n_cells, n_genes = tensors[REGISTRY_KEYS.X_KEY].shape
-            n_mc_samples_per_pass = MAX_ELEMENTS_PER_PASS // (
-                self.n_components * n_cells * n_genes
-            )
-        log_lik = importance_sampled_log_likelihood(
-            lambda k: self.log_importance_weights(tensors, k),
-            per_component,
-            chunk_size=max(1, n_mc_samples_per_pass),
-            estimator=estimator,
-        )
+        sums = self.log_weight_sums(tensors, per_component, n_mc_samples_per_pass)
+        log_lik = log_likelihood_from_sums(sums, per_component, estimator)
         if return_mean:
             return log_lik.mean().item()
         return log_lik.cpu()
