@@ -3,7 +3,10 @@
 Protocol 4 of the single-cell benchmark. Every (model, cell count) pair trains in its own
 process on synthetic sparse counts (see :func:`benchmarks.scale.synthetic_counts`) with the
 benchmark's architecture (n_latent 10, n_hidden 128, ZINB, batch 512), so that its peak
-resident memory is its own. Measured per pair:
+resident memory is its own. Models are named as in :mod:`benchmarks._models` (``scvi``,
+``S5``, ``S50:shared:A1``, ...). With ``--repeats R`` every model runs ``R`` times, the models
+interleaved (A B C, A B C, ...) so that a drift of the machine's speed hits them alike; the
+reported time is the median over repeats. Measured per pair:
 
 * seconds per epoch: the median wall time of the second half of the epochs (the first steps
   carry one-off warm-up costs); small data sets run enough epochs for ``--min-steps`` steps;
@@ -14,7 +17,9 @@ Writes ``benchmarks/results/cost.{json,md}`` and ``cost.png``.
 
 Usage::
 
-    python -m benchmarks.cost --cells 1000 3000 10000 30000 100000 --components 1 2 3 4 5
+    python -m benchmarks.cost --cells 1000 3000 10000 30000 100000 --models scvi S1 S2 S3 S4 S5
+    python -m benchmarks.cost --cells 10000 --repeats 3 --stem cost_large_s \
+        --models scvi S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 """
 
 from __future__ import annotations
@@ -30,23 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
+from ._models import ModelSpec
 from ._report import write_report
 from .scale import synthetic_counts
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def model_name(n_components: int) -> str:
-    """Row label: ``0`` components stands for scvi-tools' SCVI."""
-    return "SCVI" if n_components == 0 else f"MixSCVI(S={n_components})"
-
-
-def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict:
+def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:
     """Train one model on ``n_cells`` synthetic cells and measure it (runs in a child process)."""
     import lightning.pytorch as pl
     import scvi
-
-    from scmixvae import MixSCVI
 
     class EpochTimer(pl.Callback):
         def __init__(self) -> None:
@@ -62,12 +61,7 @@ def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict
     adata = synthetic_counts(n_cells, args.genes)
     rss_with_data = status_gb("VmRSS")
     reset = reset_peak_rss()
-    cls = scvi.model.SCVI if n_components == 0 else MixSCVI
-    cls.setup_anndata(adata)
-    options = {"n_latent": 10, "n_hidden": 128, "gene_likelihood": "zinb"}
-    if n_components:
-        options["n_components"] = n_components
-    model = cls(adata, **options)
+    model = spec.build(adata)
     timer = EpochTimer()
     # The first steps run slowly (allocator and oneDNN warm-up), so small data sets get more
     # epochs, and only the second half of the epochs is timed.
@@ -86,8 +80,9 @@ def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict
     # without a reset, the lifetime peak also counts building the data: an upper bound
     peak = status_gb("VmHWM") if reset else lifetime_peak_rss_gb()
     return {
-        "model": model_name(n_components),
-        "n_components": n_components,
+        "model": spec.name,
+        "code": spec.code,
+        "n_components": spec.n_components if spec.kind == "mixscvi" else 0,
         "n_cells": n_cells,
         "n_genes": args.genes,
         "batch_size": args.batch_size,
@@ -101,9 +96,24 @@ def run_child(n_cells: int, n_components: int, args: argparse.Namespace) -> dict
     }
 
 
+def merge_repeats(rows: list[dict]) -> list[dict]:
+    """One row per (model, cells): the median time and memory over the repeats."""
+    merged: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        merged.setdefault((row["model"], row["n_cells"]), []).append(row)
+    out = []
+    for repeats in merged.values():
+        row = dict(repeats[0])
+        for key in ("seconds_per_epoch", "peak_rss_gb_training", "training_rss_increase_gb"):
+            row[key] = statistics.median(r[key] for r in repeats)
+        row["repeat_seconds_per_epoch"] = [r["seconds_per_epoch"] for r in repeats]
+        out.append(row)
+    return out
+
+
 def add_ratios(rows: list[dict]) -> None:
     """Each row's epoch time and memory increase relative to SCVI on the same cells."""
-    reference = {r["n_cells"]: r for r in rows if r["n_components"] == 0}
+    reference = {r["n_cells"]: r for r in rows if r["model"] == "SCVI"}
     for row in rows:
         scvi_row = reference.get(row["n_cells"])
         if scvi_row is None:
@@ -123,23 +133,26 @@ def plot(rows: list[dict], path: Path) -> None:
 
     from scmixvae.io import atomic_path
 
-    fig, (by_cells, by_s) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for n_components in sorted({r["n_components"] for r in rows}):
-        mine = sorted((r for r in rows if r["n_components"] == n_components),
-                      key=lambda r: r["n_cells"])  # fmt: skip
+    fig, (by_cells, by_model) = plt.subplots(1, 2, figsize=(10, 3.6))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for model in models:
+        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["n_cells"])
         by_cells.plot([r["n_cells"] for r in mine], [r["seconds_per_epoch"] for r in mine],
-                      "o-", label=model_name(n_components))  # fmt: skip
+                      "o-", label=model)  # fmt: skip
     by_cells.set(xscale="log", yscale="log", xlabel="cells", ylabel="seconds per epoch")
-    by_cells.legend(fontsize=7)
+    by_cells.legend(fontsize=6)
     for n_cells in sorted({r["n_cells"] for r in rows}):
-        mix = sorted((r for r in rows if r["n_cells"] == n_cells and r["n_components"]),
-                     key=lambda r: r["n_components"])  # fmt: skip
-        if all("epoch_time_vs_scvi" in r for r in mix):
-            by_s.plot([r["n_components"] for r in mix], [r["epoch_time_vs_scvi"] for r in mix],
-                      "o-", label=f"{n_cells:,} cells")  # fmt: skip
-    by_s.axhline(1.0, ls="--", c="grey", label="SCVI")
-    by_s.set(xlabel="components S", ylabel="epoch time / SCVI's")
-    by_s.legend(fontsize=7)
+        mine = [next(r for r in rows if r["model"] == m and r["n_cells"] == n_cells)
+                for m in models if any(r["model"] == m and r["n_cells"] == n_cells
+                                       for r in rows)]  # fmt: skip
+        if all("epoch_time_vs_scvi" in r for r in mine):
+            by_model.plot(range(len(mine)), [r["epoch_time_vs_scvi"] for r in mine], "o-",
+                          label=f"{n_cells:,} cells")  # fmt: skip
+            by_model.set_xticks(range(len(mine)), [r["model"] for r in mine], rotation=35,
+                                ha="right", fontsize=6)  # fmt: skip
+    by_model.axhline(1.0, ls="--", c="grey", label="SCVI")
+    by_model.set(ylabel="epoch time / SCVI's")
+    by_model.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
@@ -153,15 +166,17 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
         f"Synthetic Poisson counts, {args.genes} genes; n_latent 10, n_hidden 128, ZINB, "
         f"batch {args.batch_size}; at least {args.epochs} epochs and {args.min_steps} steps per "
         "model, seconds per epoch = median of the second half of the epochs; one process per "
-        "model and size, run one at a time on an otherwise idle 2-core CPU. Memory: peak "
-        "resident set while training; its increase over the resident set once the data are "
-        "loaded is what the model itself adds.",
+        f"model and size, run one at a time on an otherwise idle 2-core CPU, {args.repeats} "
+        "repeat(s) with the models interleaved (median shown). Memory: peak resident set while "
+        "training; its increase over the resident set once the data are loaded is what the "
+        "model itself adds.",
         "",
         "| cells | model | parameters | s / epoch | time vs SCVI | peak RSS (GB) | "
         "increase over data (GB) | increase vs SCVI |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in sorted(rows, key=lambda r: (r["n_cells"], r["n_components"])):
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
+    for row in sorted(rows, key=lambda r: (r["n_cells"], order[r["model"]])):
         lines.append(
             f"| {row['n_cells']:,} | {row['model']} | {row['n_parameters']:,} | "
             f"{row['seconds_per_epoch']:.3f} | {row.get('epoch_time_vs_scvi', np.nan):.2f}x | "
@@ -174,39 +189,50 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[1000, 3000, 10000, 30000, 100000])
-    parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--models", nargs="+", default=["scvi", "S1", "S2", "S3", "S4", "S5"],
+        help="models as in benchmarks._models: scvi, S5, S5:ensemble, S50:shared:A1, ...",
+    )  # fmt: skip
     parser.add_argument("--genes", type=int, default=1200)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--min-steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per model")
+    parser.add_argument("--stem", default="cost", help="results file name (without suffix)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
+    specs = [ModelSpec.parse(m) for m in args.models]
+    if not any(spec.kind == "scvi" for spec in specs):
+        parser.error("--models must include scvi: every ratio is to SCVI")
     if args.child is not None:
-        print(json.dumps(run_child(*args.child, args)))
+        print(json.dumps(run_child(int(args.child[0]), ModelSpec.parse(args.child[1]), args)))
         return []
 
     rows = []
     for n_cells in args.cells:
-        for n_components in [0, *args.components]:
-            cmd = [sys.executable, "-m", "benchmarks.cost", "--child", str(n_cells),
-                   str(n_components), "--genes", str(args.genes), "--epochs", str(args.epochs),
-                   "--min-steps", str(args.min_steps),
-                   "--batch-size", str(args.batch_size)]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
-    add_ratios(rows)
-    stem = args.out / "cost"
-    lines = report_lines(rows, args)
-    write_report(stem, {"settings": vars(args) | {"out": str(args.out)}, "rows": rows}, lines)
-    plot(rows, stem.with_suffix(".png"))
+        for _ in range(args.repeats):
+            for spec in specs:
+                cmd = [sys.executable, "-m", "benchmarks.cost", "--child", str(n_cells),
+                       spec.code, "--genes", str(args.genes), "--epochs", str(args.epochs),
+                       "--min-steps", str(args.min_steps),
+                       "--batch-size", str(args.batch_size)]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), flush=True)
+    merged = merge_repeats(rows)
+    add_ratios(merged)
+    stem = args.out / args.stem
+    lines = report_lines(merged, args)
+    payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": merged, "runs": rows}
+    write_report(stem, payload, lines)
+    plot(merged, stem.with_suffix(".png"))
     print("\n".join(lines))
-    return rows
+    return merged
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -46,30 +46,14 @@ from sklearn.metrics import (
 )
 from sklearn.svm import SVC
 
-from scmixvae import MixSCVI
 from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
+from ._models import ModelSpec
 from ._report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ["kmeans_ari", "kmeans_nmi", "silhouette", "svm_accuracy", "leiden_ari", "leiden_nmi"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One compared model: SCVI, or MixSCVI with S components and an objective."""
-
-    kind: str  # "scvi" or "mixscvi"
-    n_components: int = 1
-    objective: str = "miselbo"
-
-    @property
-    def name(self) -> str:
-        if self.kind == "scvi":
-            return "SCVI"
-        suffix = "" if self.objective == "miselbo" else ", ensemble"
-        return f"MixSCVI(S={self.n_components}{suffix})"
 
 
 def prepare(dataset: str, n_genes: int, split_seed: int, max_cells: int | None = None):
@@ -125,32 +109,37 @@ def cluster_metrics(x: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, f
 
 
 def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, object]:
-    """Train one model with one seed; return its metrics (and the model)."""
+    """Train one model with one seed; return its metrics (and the model).
+
+    Early stopping watches the validation cells' bound with ``args.patience`` epochs of
+    patience; ``args.patience == 0`` trains exactly ``args.max_epochs`` epochs.
+    """
     scvi.settings.seed = seed
     data = adata.copy()
-    cls = scvi.model.SCVI if spec.kind == "scvi" else MixSCVI
-    cls.setup_anndata(data, layer="counts")
-    if spec.kind == "scvi":
-        model = cls(data, n_latent=10, n_hidden=128, gene_likelihood="zinb")
-    else:
-        model = cls(data, n_components=spec.n_components, objective=spec.objective,
-                    n_latent=10, n_hidden=128, gene_likelihood="zinb")  # fmt: skip
+    model = spec.build(data, layer="counts")
     start = time.perf_counter()
     model.train(
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": args.kl_warmup_epochs},
-        early_stopping=True,
-        early_stopping_patience=args.patience,
+        early_stopping=args.patience > 0,
+        early_stopping_patience=max(1, args.patience),
         datasplitter_kwargs={"external_indexing": split},
         enable_progress_bar=False,
     )
     seconds = time.perf_counter() - start
     epochs = len(model.history["train_loss"])
     labels = data.obs["cell_type"].to_numpy()[split[2]]
-    row = {"model": spec.name, "S": spec.n_components, "objective": spec.objective,
-           "kind": spec.kind, "seed": seed, "epochs": epochs,
-           "seconds_per_epoch": seconds / max(1, epochs)}  # fmt: skip
+    row = {"model": spec.name, "code": spec.code, "S": spec.n_components,
+           "objective": spec.objective, "shared_encoder": spec.shared_encoder,
+           "n_sampled_components": spec.n_sampled_components, "kind": spec.kind, "seed": seed,
+           "epochs": epochs, "stopped_early": epochs < args.max_epochs,
+           "wall_seconds": seconds, "seconds_per_epoch": seconds / max(1, epochs)}  # fmt: skip
+    if spec.kind == "mixscvi":  # diversity of the components on the test cells
+        row["jsd"] = float(
+            np.mean(model.get_component_divergence(data, indices=split[2],
+                                                   n_samples_per_component=10))
+        )  # fmt: skip
     for feature_set, x in features(model, spec, data, split[2]).items():
         for metric, value in cluster_metrics(x, labels, seed).items():
             row[f"{metric}_{feature_set}"] = float(value)
@@ -183,7 +172,8 @@ def with_paired_differences(rows: list[dict]) -> list[dict]:
 def summarise(rows: list[dict]) -> pd.DataFrame:
     """Mean and standard deviation over seeds per model."""
     frame = pd.DataFrame(rows)
-    numeric = [c for c in frame.columns if c not in ("model", "objective", "kind", "seed")]
+    text = ("model", "code", "objective", "kind", "seed", "shared_encoder", "n_sampled_components")
+    numeric = [c for c in frame.columns if c not in text]
     grouped = frame.groupby("model", sort=False)[numeric]
     spread = grouped.std(ddof=0).where(grouped.count() > 1)  # no spread from a single seed
     return grouped.mean().join(spread, rsuffix="_std")
@@ -202,25 +192,34 @@ def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
     return lines
 
 
+def model_family(name: str) -> str:
+    """The configuration without its ``S``: ``MixSCVI(S=50, shared, A=1)`` -> ``shared, A=1``."""
+    if name == "SCVI":
+        return "SCVI"
+    rest = re.sub(r"S=\d+(, )?", "", name.removeprefix("MixSCVI(").removesuffix(")"))
+    return rest or "MISELBO"
+
+
 def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
+    """Each metric against ``S``, one line per configuration; SCVI as a dashed line."""
     panels = [m for m in ["kmeans_ari_mean", "kmeans_nmi_mean", "silhouette_mean",
                           "svm_accuracy_mean", "leiden_ari_mean", "heldout_marginal_ll"]
               if m in summary.columns]  # fmt: skip
-    mix = summary[summary.index.str.startswith("MixSCVI") & ~summary.index.str.contains("ens")]
+    families = pd.Series([model_family(n) for n in summary.index], index=summary.index)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
     for ax, metric in zip(np.atleast_1d(axes), panels, strict=True):
-        ax.errorbar(mix["S"], mix[metric], yerr=mix[metric + "_std"], fmt="o-", label="MixSCVI")
-        references = (
-            (summary.index == "SCVI", "--"),
-            (summary.index.str.contains("ensemble"), ":"),
-        )
-        for is_reference, style in references:
-            match = summary[is_reference]
-            if len(match):
-                ax.axhline(match[metric].iloc[0], ls=style, c="grey", label=match.index[0])
+        for family in dict.fromkeys(families):
+            rows = summary[families == family].sort_values("S")
+            if family == "SCVI":
+                ax.axhline(rows[metric].iloc[0], ls="--", c="grey", label="SCVI")
+                continue
+            ax.errorbar(rows["S"], rows[metric], yerr=rows[metric + "_std"], fmt="o-",
+                        label=f"MixSCVI, {family}", capsize=2)  # fmt: skip
+        if summary["S"].max() > 10:
+            ax.set_xscale("log")
         ax.set_xlabel("components S")
         ax.set_title(metric.replace("_mean", "").replace("_", " "), fontsize=9)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
+    np.atleast_1d(axes)[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -280,10 +279,18 @@ def _progress_path(stem: Path, args) -> Path:
     return stem.parent / ".progress" / f"{stem.name}_{key}.jsonl"
 
 
+def model_specs(args) -> list[ModelSpec]:
+    """``--models`` if given; else MixSCVI for each of ``--components``, the ensemble objective
+    at the largest of them, and SCVI."""
+    if args.models:
+        return [ModelSpec.parse(m) for m in args.models]
+    specs = [ModelSpec("mixscvi", s) for s in args.components]
+    return [*specs, ModelSpec("mixscvi", max(args.components), "ensemble"), ModelSpec("scvi")]
+
+
 def run_dataset(dataset: str, args) -> dict:
     adata, split = prepare(dataset, args.n_genes, args.split_seed, args.max_cells)
-    specs = [ModelSpec("mixscvi", s) for s in args.components]
-    specs += [ModelSpec("mixscvi", max(args.components), "ensemble"), ModelSpec("scvi")]
+    specs = model_specs(args)
     stem = args.out / f"singlecell_{dataset}"
     done = {(r["model"], r["seed"]): r for r in _reusable_rows(stem, args)} if args.resume else {}
     progress = _progress_path(stem, args)
@@ -319,16 +326,22 @@ def run_dataset(dataset: str, args) -> dict:
         "seeds": args.seeds,
         "settings": vars(args) | {"out": str(args.out), "datasets": args.datasets},
         "rows": rows,
-        "summary": json.loads(summary.to_json(orient="index")),
+        "summary": json.loads(summary.to_json(orient="index", double_precision=15)),
     }
     lines = [
         f"# {dataset}: {adata.n_obs} cells, {adata.n_vars} genes, "
         f"{payload['n_types']} labelled types",
         "",
         f"Split {payload['split']} (seed {args.split_seed}); metrics on the test cells; "
-        f"mean ± std over training seeds {args.seeds}; up to {args.max_epochs} epochs with early "
-        f"stopping (patience {args.patience}), batch {args.batch_size}, Adam lr 1e-3, KL warm-up "
-        f"over {args.kl_warmup_epochs} epochs.",
+        f"mean ± std over training seeds {args.seeds}; "
+        + (
+            f"up to {args.max_epochs} epochs with early stopping on the validation cells' bound "
+            f"(patience {args.patience})"
+            if args.patience
+            else f"exactly {args.max_epochs} epochs (no early stopping)"
+        )
+        + f", batch {args.batch_size}, Adam lr 1e-3, KL warm-up over {args.kl_warmup_epochs} "
+        "epochs (linear, from 0 to 1).",
         "",
         "## Features: posterior mean",
         "",
@@ -373,12 +386,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mouse_bladder", "worm_neuron"])
     parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--models", nargs="+", default=None,
+        help="models as in benchmarks._models (scvi, S5, S5:ensemble, S50:shared:A1, ...); "
+        "default: S for each of --components, the ensemble at the largest, and SCVI",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--n-genes", type=int, default=1200)
     parser.add_argument("--max-cells", type=int, default=None)
     parser.add_argument("--max-epochs", type=int, default=200)
-    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument(
+        "--patience", type=int, default=20,
+        help="early-stopping patience in epochs; 0 trains exactly --max-epochs epochs",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument(
         "--kl-warmup-epochs",

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from benchmarks import cost
-from benchmarks.singlecell import _reusable_rows, main
+from benchmarks._models import ModelSpec
+from benchmarks.singlecell import _reusable_rows, main, model_family
 
 TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
         "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
@@ -22,6 +23,8 @@ def test_harness_end_to_end(tmp_path, data_dir):
     models = set(saved["summary"])
     assert models == {"MixSCVI(S=1)", "MixSCVI(S=2)", "MixSCVI(S=2, ensemble)", "SCVI"}
     for row in saved["rows"]:
+        assert row["epochs"] == 1 and row["wall_seconds"] > 0
+        assert (row["kind"] == "scvi") == ("jsd" not in row)
         for key in ("kmeans_ari_mean", "svm_accuracy_concat", "heldout_marginal_ll"):
             assert math.isfinite(row[key])
         assert -1 <= row["silhouette_mean"] <= 1
@@ -66,10 +69,12 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
 
 
 def test_cost_harness_end_to_end(tmp_path):
-    args = ["--cells", "300", "--components", "2", "--epochs", "2", "--min-steps", "2",
-            "--batch-size", "128", "--out", str(tmp_path)]  # fmt: skip
+    args = ["--cells", "300", "--models", "scvi", "S2", "S4:shared:A1", "--epochs", "2",
+            "--min-steps", "2", "--batch-size", "128", "--repeats", "2",
+            "--out", str(tmp_path)]  # fmt: skip
     rows = cost.main(args)
-    assert [r["model"] for r in rows] == ["SCVI", "MixSCVI(S=2)"]
+    assert [r["model"] for r in rows] == ["SCVI", "MixSCVI(S=2)", "MixSCVI(S=4, shared, A=1)"]
+    assert all(len(r["repeat_seconds_per_epoch"]) == 2 for r in rows)
     saved = json.loads((tmp_path / "cost.json").read_text())["rows"]
     assert saved[0]["epoch_time_vs_scvi"] == 1.0 and saved[0]["rss_increase_vs_scvi"] == 1.0
     mixture = saved[1]
@@ -83,3 +88,23 @@ def test_cost_harness_end_to_end(tmp_path):
 def test_cost_refuses_an_untimed_run(tmp_path):
     with pytest.raises(SystemExit):
         cost.main(["--epochs", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # every ratio is to SCVI
+        cost.main(["--models", "S2", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "code", ["scvi", "S1", "S5", "S5:ensemble", "S50:shared:A1", "S20:some_to_some:shared:A2"]
+)
+def test_model_codes_round_trip(code):
+    spec = ModelSpec.parse(code)
+    assert ModelSpec.parse(spec.code) == spec
+    assert model_family(spec.name) in ("SCVI", "MISELBO") or "S=" not in model_family(spec.name)
+
+
+def test_model_codes_are_checked():
+    with pytest.raises(ValueError, match="unknown option"):
+        ModelSpec.parse("S5:fast")
+    with pytest.raises(ValueError, match="expected"):
+        ModelSpec.parse("vae")
+    assert ModelSpec.parse("S50:shared:A1").name == "MixSCVI(S=50, shared, A=1)"
+    assert model_family("MixSCVI(S=50, shared, A=1)") == "shared, A=1"

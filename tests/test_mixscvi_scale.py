@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import scvi
 import torch
-from scvi.nn import Encoder
+from scvi.nn import Encoder, FCLayers
 from torch.distributions import Normal
 
 from scmixvae import MixSCVI
@@ -100,29 +100,22 @@ def test_some_to_all_loss_is_unbiased_on_a_fixed_model():
     assert se < 1.0  # a real comparison: the noise is small next to the bound (~ -100s)
 
 
-@pytest.mark.parametrize(("use_batch_norm", "use_layer_norm"), [(True, False), (False, True)])
-@pytest.mark.parametrize("training", [True, False])
-def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(
-    use_batch_norm, use_layer_norm, training
-):
+@pytest.mark.parametrize("inject_covariates", [True, False])
+def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(inject_covariates):
     torch.manual_seed(3)
-    options = {"n_cat_list": [3], "n_hidden": 16, "dropout_rate": 0.0,
-               "use_batch_norm": use_batch_norm, "use_layer_norm": use_layer_norm,
-               "inject_covariates": True}  # fmt: skip
-    shared = SharedTrunkEncoder(1, 30, 4, n_layers=1, **options).double()
-    reference = Encoder(30, 4, n_layers=2, return_dist=True, **options).double()
+    options = {"n_cat_list": [3], "dropout_rate": 0.0, "use_batch_norm": False,
+               "inject_covariates": inject_covariates}  # fmt: skip
+    shared = SharedTrunkEncoder(1, 30, 4, n_layers=1, n_hidden=16, n_head_hidden=16, **options)
+    reference = Encoder(30, 4, n_layers=2, n_hidden=16, return_dist=True, **options)
+    shared, reference = shared.double(), reference.double()
     with torch.no_grad():  # trunk = scVI's first layer; head = its second; codes add nothing
         shared.trunk.fc_layers[0].load_state_dict(reference.encoder.fc_layers[0].state_dict())
-        second = reference.encoder.fc_layers[1]
-        shared.head.linear.load_state_dict(second[0].state_dict())
-        if use_batch_norm:
-            shared.head_batch_norm.load_state_dict(second[1].state_dict())
-        shared.mean_encoder.linear.load_state_dict(reference.mean_encoder.state_dict())
-        shared.var_encoder.linear.load_state_dict(reference.var_encoder.state_dict())
-        for layer in (shared.head, shared.mean_encoder, shared.var_encoder):
-            layer.code.zero_()
-    shared.train(training)
-    reference.train(training)
+        shared.head.linear.load_state_dict(reference.encoder.fc_layers[1][0].state_dict())
+        out = shared.head_out.linear
+        out.weight.copy_(torch.cat([reference.mean_encoder.weight, reference.var_encoder.weight]))
+        out.bias.copy_(torch.cat([reference.mean_encoder.bias, reference.var_encoder.bias]))
+        shared.head.code.zero_()
+        shared.head_out.code.zero_()
     x = torch.rand(12, 30, dtype=torch.float64)
     cat = torch.randint(3, (12, 1))
     qz = shared(x, cat)
@@ -130,6 +123,21 @@ def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(
     assert qz.component_loc.shape == (1, 12, 4)
     torch.testing.assert_close(qz.component_loc[0], dist.loc)
     torch.testing.assert_close(qz.component_scale[0], dist.scale)
+
+
+def test_the_shared_trunk_is_scvis_encoder_layers_with_all_their_options():
+    shared = SharedTrunkEncoder(
+        8, 30, 4, n_cat_list=[3], n_layers=2, dropout_rate=0.2, use_batch_norm=False,
+        use_layer_norm=True, activation_fn=torch.nn.ELU,
+    )  # fmt: skip
+    reference = FCLayers(30, 128, n_cat_list=[3], n_layers=2, dropout_rate=0.2,
+                         use_batch_norm=False, use_layer_norm=True,
+                         activation_fn=torch.nn.ELU)  # fmt: skip
+    assert isinstance(shared.trunk, FCLayers)
+    assert repr(shared.trunk) == repr(reference)
+    assert isinstance(shared.head_activation, torch.nn.ELU)
+    # batch covariates reach the head too when injected into every layer
+    assert shared.head.linear.in_features == 128 + 3
 
 
 def _n_parameters(module):

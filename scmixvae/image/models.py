@@ -80,17 +80,26 @@ class StackedGaussianEncoder(nn.Module):
 
 
 class SharedGaussianEncoder(nn.Module):
-    """``S`` encoders amortized over one network: a trunk ``x -> 300 -> 300`` run once per
-    image, and a gated layer and Gaussian head conditioned on each component's code.
+    """``S`` encoders amortized over one network (Hotti et al., 2024).
 
-    A component costs ``2 * n_hidden + 2 * n_latent`` parameters (its code columns).
+    A trunk ``x -> 300 -> 300`` of gated dense layers runs once per image; a narrow gated
+    layer and a Gaussian head, conditioned on each component's code, give every component's
+    mean and variance. A component costs ``2 * n_head_hidden + 2 * n_latent`` parameters (its
+    code columns), and a step's extra work grows with ``S * n_head_hidden``.
     """
 
-    def __init__(self, n_components: int, n_in: int, n_latent: int, n_hidden: int = 300):
+    def __init__(
+        self,
+        n_components: int,
+        n_in: int,
+        n_latent: int,
+        n_hidden: int = 300,
+        n_head_hidden: int = 64,
+    ):
         super().__init__()
         self.trunk = nn.Sequential(GatedDense(n_in, n_hidden), GatedDense(n_hidden, n_hidden))
-        self.hidden = CodedGatedDense(n_components, n_hidden, n_hidden)
-        self.head = CodedGaussianHead(n_components, n_hidden, n_latent)
+        self.hidden = CodedGatedDense(n_components, n_hidden, n_head_hidden)
+        self.head = CodedGaussianHead(n_components, n_head_hidden, n_latent)
 
     def forward(self, x: torch.Tensor) -> MixtureNormal:
         return MixtureNormal(*self.head(self.hidden(self.trunk(x), per_component=False)))
@@ -322,15 +331,17 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         self.z2_encoder = gaussian_encoder(
             n_components, N_PIXELS, n_latent, n_hidden, shared=shared_encoder
         )
-        if shared_encoder:
+        if shared_encoder:  # shared layers, then a narrow coded head as in the z2 encoder
             self.z1_from_x = GatedDense(N_PIXELS, n_hidden)
             self.z1_from_z2 = GatedDense(n_latent, n_hidden)
-            self.z1_joint = CodedGatedDense(n_components, 2 * n_hidden, n_hidden)
-            self.z1_head = CodedGaussianHead(n_components, n_hidden, n_latent)
+            self.z1_joint = GatedDense(2 * n_hidden, n_hidden)
+            self.z1_code = CodedGatedDense(n_components, n_hidden, 64)
+            self.z1_head = CodedGaussianHead(n_components, 64, n_latent)
         else:
             self.z1_from_x = StackedGatedDense(n_components, N_PIXELS, n_hidden)
             self.z1_from_z2 = StackedGatedDense(n_components, n_latent, n_hidden)
             self.z1_joint = StackedGatedDense(n_components, 2 * n_hidden, n_hidden)
+            self.z1_code = None
             self.z1_head = StackedGaussianHead(n_components, n_hidden, n_latent)
         self.prior_z2 = VampPrior(self.z2_encoder, n_pseudo_inputs)
         self.prior_z1 = nn.Sequential(
@@ -354,10 +365,9 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
         h_z2 = self.z1_from_z2(z2.reshape(-1, z2.shape[-1]))
         h_x = h_x.expand(n_draws, *h_x.shape).reshape(h_z2.shape)
         joint = torch.cat([h_x, h_z2], dim=-1)  # [N, H] shared, or [N, S_j, H] stacked
-        if self.shared_encoder:
-            hidden = self.z1_joint(joint, per_component=False)
-        else:
-            hidden = self.z1_joint(joint)
+        hidden = self.z1_joint(joint)
+        if self.z1_code is not None:
+            hidden = self.z1_code(hidden, per_component=False)
         loc, scale = self.z1_head(hidden)
         shape = (self.n_components, *z2.shape)
         return loc.reshape(shape), scale.reshape(shape)

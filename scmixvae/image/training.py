@@ -129,8 +129,12 @@ def train(
     accelerator: str = "auto",
     progress_bar: bool = True,
     overwrite: bool = False,
+    callbacks: list[pl.Callback] | None = None,
 ) -> dict[str, Any]:
     """Train an image mixture VAE; write config, checkpoints, CSV logs and ``training.json``.
+
+    ``callbacks`` are extra Lightning callbacks (timers, loggers, ...), run with the
+    checkpointing and early stopping that training always has.
 
     Returns
     -------
@@ -158,7 +162,11 @@ def train(
         max_time={"minutes": config.max_minutes} if config.max_minutes else None,
         accelerator=accelerator,
         devices=1,
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience)],
+        callbacks=[
+            checkpoint,
+            EarlyStopping(monitor="val_loss", patience=config.patience),
+            *(callbacks or []),
+        ],
         logger=CSVLogger(out, name="logs"),
         enable_progress_bar=progress_bar,
         enable_model_summary=False,

@@ -18,20 +18,23 @@ from scmixvae.mixture import ComponentCodedLinear, MixtureNormal, StackedEncoder
 
 # keys of scvi-tools' ``extra_encoder_kwargs`` the mixture encoders honour
 SUPPORTED_ENCODER_KWARGS = ("var_eps", "activation_fn", "bias", "use_activation")
+DEFAULT_HEAD_HIDDEN = 64
 
 
 class SharedTrunkEncoder(nn.Module):
     r"""``S`` Gaussian encoders amortized over one network (Hotti et al., 2024).
 
-    scVI's encoder layers (:class:`scvi.nn.FCLayers`) form a trunk :math:`h = f(x)` that runs
-    once per cell. A head conditioned on each component's code, a coded linear layer
-    (:class:`~scmixvae.mixture.ComponentCodedLinear`) followed by scVI's normalisation,
-    activation and dropout, gives :math:`g_s(h)`, from which coded linear maps give component
-    ``s``'s mean and variance. All ``S`` heads run as one broadcast operation; a component costs
-    ``n_head_hidden + 2 * n_output`` parameters.
+    scVI's encoder layers (:class:`scvi.nn.FCLayers`, with its covariates, batch or layer
+    normalisation and dropout) form a trunk :math:`h = f(x)` that runs once per cell. A small
+    head conditioned on each component's code gives the component's mean and variance:
+    :math:`a_s = \mathrm{act}(W h + b + C_s)`, then :math:`(\mu_s, v_s)` from a coded linear
+    map of :math:`a_s` (:class:`~scmixvae.mixture.ComponentCodedLinear`). All ``S`` heads run as
+    one broadcast operation; a component costs ``n_head_hidden + 2 * n_output`` parameters.
 
-    With ``S = 1`` the module computes exactly what an :class:`scvi.nn.Encoder` with
-    ``n_layers + 1`` layers computes (the head is its last layer; tested).
+    The head has no normalisation or dropout of its own: those act on the trunk, shared by
+    every component, as in scVI's encoder, and per-component dropout masks would cost a random
+    draw per component and unit. With ``S = 1``, no batch or layer norm and no dropout the
+    module is exactly an :class:`scvi.nn.Encoder` of ``n_layers + 1`` layers (tested).
 
     Parameters
     ----------
@@ -45,12 +48,12 @@ class SharedTrunkEncoder(nn.Module):
     n_layers, n_hidden, dropout_rate
         The trunk, as :class:`scvi.nn.Encoder`.
     n_head_hidden
-        Width of the head's hidden layer (default ``n_hidden``).
+        Width of the head's hidden layer. Per-step cost grows with ``S * n_head_hidden``.
     var_eps, var_activation
         Variance floor and positivity map, as :class:`scvi.nn.Encoder`.
     use_batch_norm, use_layer_norm, inject_covariates, activation_fn, bias, use_activation
-        As :class:`scvi.nn.FCLayers`; the head follows the same options. Its batch
-        normalisation pools the cells of every component, so the codes survive it.
+        As :class:`scvi.nn.FCLayers`, for the trunk; the head uses ``activation_fn`` and
+        ``bias``.
     """
 
     def __init__(
@@ -61,7 +64,7 @@ class SharedTrunkEncoder(nn.Module):
         n_cat_list: Iterable[int] | None = None,
         n_layers: int = 1,
         n_hidden: int = 128,
-        n_head_hidden: int | None = None,
+        n_head_hidden: int = DEFAULT_HEAD_HIDDEN,
         dropout_rate: float = 0.1,
         var_eps: float = 1e-4,
         var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -76,6 +79,7 @@ class SharedTrunkEncoder(nn.Module):
         if not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
         self.n_components = n_components
+        self.n_output = n_output
         self.var_eps = var_eps
         self.var_activation = torch.exp if var_activation is None else var_activation
         self.inject_covariates = inject_covariates
@@ -93,19 +97,11 @@ class SharedTrunkEncoder(nn.Module):
             inject_covariates=inject_covariates,
             activation_fn=activation_fn,
         )
-        n_head_hidden = n_hidden if n_head_hidden is None else n_head_hidden
         n_head_in = n_hidden + self.trunk.n_cov * inject_covariates
         self.head = ComponentCodedLinear(n_components, n_head_in, n_head_hidden, bias=bias)
-        self.head_batch_norm = (
-            nn.BatchNorm1d(n_head_hidden, momentum=0.01, eps=0.001) if use_batch_norm else None
-        )
-        self.head_layer_norm = (
-            nn.LayerNorm(n_head_hidden, elementwise_affine=False) if use_layer_norm else None
-        )
-        self.head_activation = activation_fn() if use_activation else None
-        self.head_dropout = nn.Dropout(p=dropout_rate) if dropout_rate > 0 else None
-        self.mean_encoder = ComponentCodedLinear(n_components, n_head_hidden, n_output)
-        self.var_encoder = ComponentCodedLinear(n_components, n_head_hidden, n_output)
+        self.head_activation = activation_fn()
+        # mean and variance from one map: one matmul over [B, S, n_head_hidden] instead of two
+        self.head_out = ComponentCodedLinear(n_components, n_head_hidden, 2 * n_output)
 
     def trunk_parameters(self) -> int:
         """Number of parameters of the trunk (the part shared by every component)."""
@@ -125,17 +121,9 @@ class SharedTrunkEncoder(nn.Module):
         covariates = self._covariates(cat_list) if self.inject_covariates else None
         if covariates is not None:
             h = torch.cat((h, covariates.to(h.dtype)), dim=-1)
-        h = self.head(h, per_component=False)  # [B, S, H]
-        if self.head_batch_norm is not None:
-            h = self.head_batch_norm(h.reshape(-1, h.shape[-1])).view_as(h)
-        if self.head_layer_norm is not None:
-            h = self.head_layer_norm(h)
-        if self.head_activation is not None:
-            h = self.head_activation(h)
-        if self.head_dropout is not None:
-            h = self.head_dropout(h)
-        loc = self.mean_encoder(h, per_component=True)
-        var = self.var_activation(self.var_encoder(h, per_component=True)) + self.var_eps
+        hidden = self.head_activation(self.head(h, per_component=False))  # [B, S, H]
+        loc, raw_var = self.head_out(hidden, per_component=True).split(self.n_output, dim=-1)
+        var = self.var_activation(raw_var) + self.var_eps
         return MixtureNormal(loc.transpose(0, 1), var.sqrt().transpose(0, 1))
 
 
@@ -187,7 +175,6 @@ def build_mixture_encoder(
         **extra,
     }
     if shared:
-        return SharedTrunkEncoder(
-            n_components, n_input, n_output, n_head_hidden=n_head_hidden, **options
-        )
+        head = {} if n_head_hidden is None else {"n_head_hidden": n_head_hidden}
+        return SharedTrunkEncoder(n_components, n_input, n_output, **head, **options)
     return StackedEncoder(n_components, n_input, n_output, **options)

@@ -1,0 +1,96 @@
+"""The compared single-cell models, named the same way by every benchmark script.
+
+A model is written on the command line as ``scvi`` or ``S<n>[:<option>...]`` with options
+``ensemble`` / ``some_to_some`` (the objective), ``shared`` (amortized encoder) and ``A<n>``
+(components sampled per step): ``S5``, ``S5:ensemble``, ``S50:shared:A1``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# the architecture of every benchmark (the method's paper: n_latent 10, n_hidden 128, ZINB)
+ARCHITECTURE = {"n_latent": 10, "n_hidden": 128, "gene_likelihood": "zinb"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """SCVI, or MixSCVI with ``S`` components, an objective, an encoder kind and ``A``."""
+
+    kind: str  # "scvi" or "mixscvi"
+    n_components: int = 1
+    objective: str = "miselbo"
+    shared_encoder: bool = False
+    n_sampled_components: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The mixture's settings, e.g. ``S=50, shared, A=1``."""
+        notes = [f"S={self.n_components}"]
+        if self.objective != "miselbo":
+            notes.append(self.objective)
+        if self.shared_encoder:
+            notes.append("shared")
+        if self.n_sampled_components is not None:
+            notes.append(f"A={self.n_sampled_components}")
+        return ", ".join(notes)
+
+    @property
+    def name(self) -> str:
+        """Row label, e.g. ``MixSCVI(S=50, shared, A=1)``; earlier results used the same."""
+        return "SCVI" if self.kind == "scvi" else f"MixSCVI({self.label})"
+
+    @property
+    def code(self) -> str:
+        """The command-line spelling (inverse of :meth:`parse`)."""
+        if self.kind == "scvi":
+            return "scvi"
+        parts = [f"S{self.n_components}"]
+        if self.objective != "miselbo":
+            parts.append(self.objective)
+        if self.shared_encoder:
+            parts.append("shared")
+        if self.n_sampled_components is not None:
+            parts.append(f"A{self.n_sampled_components}")
+        return ":".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``scvi``, ``S5``, ``S5:ensemble``, ``S50:shared:A1``, ..."""
+        if text.lower() == "scvi":
+            return cls("scvi")
+        head, *options = text.split(":")
+        match = re.fullmatch(r"S(\d+)", head)
+        if match is None:
+            raise ValueError(f"model {text!r}: expected 'scvi' or 'S<n>[:options]'.")
+        fields = {"n_components": int(match.group(1))}
+        for option in options:
+            if option in ("ensemble", "some_to_some", "miselbo"):
+                fields["objective"] = option
+            elif option == "shared":
+                fields["shared_encoder"] = True
+            elif re.fullmatch(r"A\d+", option):
+                fields["n_sampled_components"] = int(option[1:])
+            else:
+                raise ValueError(f"model {text!r}: unknown option {option!r}.")
+        return cls("mixscvi", **fields)
+
+    def build(self, adata, layer: str | None = None, **setup):
+        """Register ``adata`` and return the untrained model with the benchmark architecture."""
+        import scvi
+
+        from scmixvae import MixSCVI
+
+        cls = scvi.model.SCVI if self.kind == "scvi" else MixSCVI
+        cls.setup_anndata(adata, layer=layer, **setup)
+        if self.kind == "scvi":
+            return cls(adata, **ARCHITECTURE)
+        return cls(
+            adata,
+            n_components=self.n_components,
+            objective=self.objective,
+            shared_encoder=self.shared_encoder,
+            n_sampled_components=self.n_sampled_components,
+            **ARCHITECTURE,
+        )

@@ -1,0 +1,141 @@
+"""Seconds per training epoch of the image mixture VAEs, against S=1 in the same run.
+
+Every configuration (named as in :mod:`benchmarks._models`: ``S1``, ``S5``, ``S5:shared:A1``,
+...) trains in its own process on the benchmark protocol (50,000 training images, batch 100)
+for ``--epochs`` epochs; the time of the training part of each epoch after the first is
+recorded (validation excluded), and the median is reported. With ``--repeats R`` the
+configurations run interleaved (A B C, A B C, ...), so a drift of the machine's speed hits
+them alike. Writes ``benchmarks/results/<stem>.{json,md}``.
+
+Usage::
+
+    python -m benchmarks.image_cost --arch vanilla --repeats 2 \\
+        --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ._models import ModelSpec
+from ._report import write_report
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
+    """Train one configuration and time its epochs (runs in a child process)."""
+    import lightning.pytorch as pl
+    import torch
+
+    from scmixvae.image.training import ImageTrainConfig, train
+
+    class EpochTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    config = ImageTrainConfig(
+        architecture=args.arch, dataset=args.dataset, n_components=spec.n_components,
+        objective=spec.objective, shared_encoder=spec.shared_encoder,
+        n_sampled_components=spec.n_sampled_components, epochs=args.epochs,
+        warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
+    )  # fmt: skip
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as run:
+        summary = train(config, run, progress_bar=False, callbacks=[timer])
+    return {
+        "model": spec.label,
+        "code": spec.code,
+        "epoch_seconds": timer.seconds,
+        "seconds_per_epoch": statistics.median(timer.seconds[1:]),
+        "n_parameters": summary["n_parameters"],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vanilla")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--models", nargs="+", default=["S1", "S5", "S5:shared:A1"])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--subset", type=int, default=None, help="images per split")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--stem", default=None, help="results name (default image_cost_<arch>)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is not timed")
+    specs = [ModelSpec.parse(m) for m in args.models]
+    if args.child is not None:
+        print(json.dumps(run_child(ModelSpec.parse(args.child), args)))
+        return []
+    if specs[0].code != "S1":
+        parser.error("the first model must be S1: every ratio is to it")
+
+    runs = []
+    for _ in range(args.repeats):
+        for spec in specs:
+            cmd = [sys.executable, "-m", "benchmarks.image_cost", "--child", spec.code,
+                   "--arch", args.arch, "--dataset", args.dataset,
+                   "--epochs", str(args.epochs)]  # fmt: skip
+            if args.subset:
+                cmd += ["--subset", str(args.subset)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(runs[-1]), flush=True)
+    rows = []
+    for spec in specs:
+        mine = [r for r in runs if r["code"] == spec.code]
+        rows.append(mine[0] | {
+            "seconds_per_epoch": statistics.median(r["seconds_per_epoch"] for r in mine),
+            "repeat_seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
+        })  # fmt: skip
+    for row in rows:
+        row["time_vs_s1"] = row["seconds_per_epoch"] / rows[0]["seconds_per_epoch"]
+    lines = [
+        f"# Image VAE ({args.arch}, {args.dataset}): seconds per training epoch",
+        "",
+        f"{args.subset or 50_000} training images per epoch, batch 100; the training part of "
+        f"epochs 2..{args.epochs} (validation excluded), median over them and over "
+        f"{args.repeats} interleaved repeat(s); one process per run, one run at a time on "
+        f"{platform.processor() or platform.machine()} with {rows[0]['torch_threads']} torch "
+        "threads. Ratios are to S=1 from the same run.",
+        "",
+        "| model | parameters | s / epoch | time vs S=1 | repeats (s) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['model']} | {r['n_parameters']:,} | {r['seconds_per_epoch']:.2f} | "
+            f"{r['time_vs_s1']:.2f}x | {_seconds(r['repeat_seconds_per_epoch'])} |"
+            for r in rows
+        ),
+    ]
+    stem = args.out / (args.stem or f"image_cost_{args.arch}")
+    write_report(stem, {"settings": vars(args) | {"out": str(args.out)}, "rows": rows}, lines)
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
