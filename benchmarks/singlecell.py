@@ -33,11 +33,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import lightning.pytorch as pl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scvi
+import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -108,15 +110,59 @@ def cluster_metrics(x: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, f
     }
 
 
+class HeldoutCurve(pl.Callback):
+    """Held-out log p(x) every ``every`` epochs against the training time spent so far.
+
+    The evaluation's own time is not counted, and the random-number generator is restored
+    after each evaluation, so the training trajectory is the one of a run without the curve.
+    """
+
+    def __init__(self, model, adata, indices: np.ndarray, every: int, n_mc_samples: int):
+        super().__init__()
+        self.model, self.adata, self.indices = model, adata, indices
+        self.every, self.n_mc_samples = every, n_mc_samples
+        self.points: list[dict] = []
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._mark = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch != 1 and epoch % self.every:
+            return
+        start = time.perf_counter()
+        self.train_seconds += start - self._mark
+        rng = torch.get_rng_state()
+        was_training = self.model.module.training
+        per_cell = self.model.get_marginal_ll(
+            self.adata, indices=self.indices, n_mc_samples=self.n_mc_samples, return_mean=False
+        )
+        self.model.module.train(was_training)
+        torch.set_rng_state(rng)
+        self.points.append({
+            "epoch": epoch,
+            "train_seconds": self.train_seconds,
+            "heldout_marginal_ll": float(np.mean(np.asarray(per_cell))),
+        })  # fmt: skip
+        self._mark = time.perf_counter()
+        self.eval_seconds += self._mark - start
+
+
 def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, object]:
     """Train one model with one seed; return its metrics (and the model).
 
     Early stopping watches the validation cells' bound with ``args.patience`` epochs of
-    patience; ``args.patience == 0`` trains exactly ``args.max_epochs`` epochs.
+    patience; ``args.patience == 0`` trains exactly ``args.max_epochs`` epochs. Models listed
+    in ``args.curve_models`` also record a held-out log p(x) curve (:class:`HeldoutCurve`).
     """
     scvi.settings.seed = seed
     data = adata.copy()
     model = spec.build(data, layer="counts")
+    curve = None
+    if spec.code in (args.curve_models or []):
+        curve = HeldoutCurve(model, data, split[2], args.curve_every, args.curve_samples)
     start = time.perf_counter()
     model.train(
         max_epochs=args.max_epochs,
@@ -126,8 +172,10 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
         early_stopping_patience=max(1, args.patience),
         datasplitter_kwargs={"external_indexing": split},
         enable_progress_bar=False,
+        **({"callbacks": [curve]} if curve else {}),
     )
-    seconds = time.perf_counter() - start
+    # the curve's evaluations are not training time
+    seconds = time.perf_counter() - start - (curve.eval_seconds if curve else 0.0)
     epochs = len(model.history["train_loss"])
     labels = data.obs["cell_type"].to_numpy()[split[2]]
     row = {"model": spec.name, "code": spec.code, "S": spec.n_components,
@@ -135,6 +183,8 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
            "n_sampled_components": spec.n_sampled_components, "kind": spec.kind, "seed": seed,
            "epochs": epochs, "stopped_early": epochs < args.max_epochs,
            "wall_seconds": seconds, "seconds_per_epoch": seconds / max(1, epochs)}  # fmt: skip
+    if curve:
+        row["ll_curve"] = curve.points
     if spec.kind == "mixscvi":  # diversity of the components on the test cells
         row["jsd"] = float(
             np.mean(model.get_component_divergence(data, indices=split[2],
@@ -165,6 +215,7 @@ def with_paired_differences(rows: list[dict]) -> list[dict]:
         row = dict(row)
         if "heldout_marginal_ll" in row and row["seed"] in reference:
             row["heldout_ll_minus_scvi"] = row["heldout_marginal_ll"] - reference[row["seed"]]
+            row["beats_scvi"] = float(row["heldout_ll_minus_scvi"] > 0)
         paired.append(row)
     return paired
 
@@ -172,7 +223,8 @@ def with_paired_differences(rows: list[dict]) -> list[dict]:
 def summarise(rows: list[dict]) -> pd.DataFrame:
     """Mean and standard deviation over seeds per model."""
     frame = pd.DataFrame(rows)
-    text = ("model", "code", "objective", "kind", "seed", "shared_encoder", "n_sampled_components")
+    text = ("model", "code", "objective", "kind", "seed", "shared_encoder", "n_sampled_components",
+            "ll_curve")  # fmt: skip
     numeric = [c for c in frame.columns if c not in text]
     grouped = frame.groupby("model", sort=False)[numeric]
     spread = grouped.std(ddof=0).where(grouped.count() > 1)  # no spread from a single seed
@@ -227,6 +279,41 @@ def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """Held-out log p(x) against training time, one line per (model, seed)."""
+    curves = [r for r in rows if r.get("ll_curve")]
+    if not curves:
+        return
+    models = list(dict.fromkeys(r["model"] for r in curves))
+    colors = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for row in curves:
+        points = row["ll_curve"]
+        ax.plot(
+            [p["train_seconds"] for p in points],
+            [p["heldout_marginal_ll"] for p in points],
+            color=colors[row["model"]],
+            lw=1,
+            alpha=0.8,
+            label=row["model"]
+            if row["seed"] == min(r["seed"] for r in curves if r["model"] == row["model"])
+            else None,
+        )
+    # the curve starts far below its end: show the part where the models differ
+    finals = [r["ll_curve"][-1]["heldout_marginal_ll"] for r in curves]
+    low = min(
+        p["heldout_marginal_ll"] for r in curves for p in r["ll_curve"][len(r["ll_curve"]) // 4 :]
+    )
+    ax.set_ylim(low, max(finals) + 0.1 * (max(finals) - low + 1))
+    ax.set(xlabel="training wall-clock time (s, this CPU)", ylabel="held-out log p(x) per cell")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+
+
 def plot_umaps(models: dict[str, object], adata, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8))
     for ax, (name, model) in zip(np.atleast_1d(axes), models.items(), strict=True):
@@ -251,7 +338,8 @@ IMPLICIT_SETTINGS = {"kl_warmup_epochs": 400}  # scvi-tools' default warm-up
 def _reusable_rows(stem: Path, args) -> list[dict]:
     """Finished rows of an earlier run with the same settings (its JSON, then its progress log).
 
-    A row whose seed is in ``--ll-seeds`` but that lacks the held-out likelihood is not reused.
+    A row whose seed is in ``--ll-seeds`` but that lacks the held-out likelihood is not reused,
+    nor a row of a ``--curve-models`` model without its curve.
     """
     rows = []
     if stem.with_suffix(".json").exists():
@@ -268,6 +356,8 @@ def _reusable_rows(stem: Path, args) -> list[dict]:
     unique = {}
     for row in rows:
         if args.n_mc_samples and row["seed"] in wants_ll and "heldout_marginal_ll" not in row:
+            continue
+        if row.get("code") in (args.curve_models or []) and "ll_curve" not in row:
             continue
         unique[(row["model"], row["seed"])] = row
     return list(unique.values())
@@ -356,8 +446,12 @@ def run_dataset(dataset: str, args) -> dict:
         f"Held-out log p(x): mean over the {split[2].size} test cells of an importance-sampled "
         f"estimate ({args.n_mc_samples} samples, mixture proposal), then mean ± std over the "
         f"training seeds {ll_seeds}; heldout_ll_minus_scvi is the difference to SCVI trained "
-        "with the same seed. Epoch times are only comparable within a run on an idle "
-        "machine; benchmarks/results/cost.md has the dedicated cost measurements.",
+        "with the same seed, beats_scvi the share of seeds where it is positive. jsd: the "
+        "components' generalized Jensen-Shannon divergence on the test cells (0: identical "
+        "components, log S: disjoint). epochs: epochs trained; stopped_early: share of seeds "
+        "stopped by early stopping before the maximum; wall_seconds: training time. Times are "
+        "only comparable within a run on an otherwise idle machine; benchmarks/results/cost*.md "
+        "have the dedicated cost measurements.",
         "",
         *_table(
             summary,
@@ -366,8 +460,11 @@ def run_dataset(dataset: str, args) -> dict:
                 for c in (
                     "heldout_marginal_ll",
                     "heldout_ll_minus_scvi",
+                    "beats_scvi",
+                    "jsd",
                     "epochs",
-                    "seconds_per_epoch",
+                    "stopped_early",
+                    "wall_seconds",
                     "epoch_time_vs_scvi",
                 )
                 if c in summary.columns
@@ -376,6 +473,7 @@ def run_dataset(dataset: str, args) -> dict:
     ]
     write_report(stem, payload, lines)
     plot_metrics(summary, stem.parent / f"{stem.name}_metrics.png", dataset)
+    plot_curves(rows, stem.parent / f"{stem.name}_ll_vs_time.png", dataset)
     if kept:  # a fully resumed run trained nothing new to draw
         plot_umaps(kept, adata, stem.parent / f"{stem.name}_umap.png")
     print("\n".join(lines), flush=True)
@@ -416,6 +514,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=None,
         help="compute the held-out likelihood (the costly part) for these seeds only",
     )
+    parser.add_argument(
+        "--curve-models", nargs="+", default=None,
+        help="models (as in --models) that also record held-out log p(x) against training "
+        "time, every --curve-every epochs with --curve-samples importance samples",
+    )  # fmt: skip
+    parser.add_argument("--curve-every", type=int, default=10)
+    parser.add_argument("--curve-samples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--resume",

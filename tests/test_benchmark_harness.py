@@ -39,6 +39,27 @@ def test_harness_end_to_end(tmp_path, data_dir):
     assert (tmp_path / "singlecell_sorted_pbmc_umap.png").stat().st_size > 0
 
 
+def test_model_list_and_likelihood_curve(tmp_path, data_dir):
+    args = ["--datasets", "sorted_pbmc", "--models", "scvi", "S3:shared:A1", "--seeds", "0",
+            "--max-epochs", "3", "--patience", "0", "--max-cells", "300", "--n-genes", "100",
+            "--n-mc-samples", "10", "--batch-size", "128", "--curve-models", "S3:shared:A1",
+            "--curve-every", "2", "--curve-samples", "6", "--out", str(tmp_path)]  # fmt: skip
+    (payload,) = main(args)
+    rows = {r["model"]: r for r in payload["rows"]}
+    assert set(rows) == {"SCVI", "MixSCVI(S=3, shared, A=1)"}
+    mixture = rows["MixSCVI(S=3, shared, A=1)"]
+    assert mixture["epochs"] == 3 and not mixture["stopped_early"]  # --patience 0: fixed epochs
+    curve = mixture["ll_curve"]
+    assert [p["epoch"] for p in curve] == [1, 2]
+    assert 0 < curve[0]["train_seconds"] < curve[1]["train_seconds"] <= mixture["wall_seconds"]
+    assert all(math.isfinite(p["heldout_marginal_ll"]) for p in curve)
+    assert "ll_curve" not in rows["SCVI"]
+    assert (tmp_path / "singlecell_sorted_pbmc_ll_vs_time.png").stat().st_size > 0
+    # a resumed run keeps curve rows only where the curve is still asked for and present
+    (again,) = main([*args, "--resume"])
+    assert again["rows"] == payload["rows"]
+
+
 def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_dir):
     (first,) = main([*TINY, "--out", str(tmp_path)])
     (resumed,) = main([*TINY, "--out", str(tmp_path), "--resume"])
@@ -48,7 +69,7 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
     class Args:
         split_seed, n_genes, max_cells, max_epochs, patience = 0, 200, 300, 1, 20
         batch_size, n_mc_samples, seeds, ll_seeds = 128, 10, [0], None
-        kl_warmup_epochs = 400
+        kl_warmup_epochs, curve_models = 400, None
 
     stem = tmp_path / "singlecell_sorted_pbmc"
     assert len(_reusable_rows(stem, Args)) == len(first["rows"])

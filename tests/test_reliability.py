@@ -41,8 +41,7 @@ def _trained(adata, epochs=2, **kwargs):
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
-    [(0.5, "non-integer"), (-1.0, "negative"), (np.nan, "NaN"), (np.inf, "infinite")],
+    ("value", "message"), [(-1.0, "negative"), (np.nan, "NaN"), (np.inf, "infinite")]
 )
 @pytest.mark.parametrize("dense", [True, False])
 def test_count_problems_are_named(value, message, dense):
@@ -54,6 +53,43 @@ def test_count_problems_are_named(value, message, dense):
         layer.data[7] = value
     with pytest.raises(CountDataError, match=message):
         MixSCVI.setup_anndata(adata, layer="counts")
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_normalised_data_is_refused_and_corrected_counts_warn(dense):
+    import scanpy as sc
+
+    adata = _counts(dense=dense)
+    logged = adata.copy()
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    with pytest.raises(CountDataError, match="log-transformed"):
+        MixSCVI.setup_anndata(logged)  # .X: nearly every value fractional
+    normalised = adata.copy()
+    sc.pp.normalize_total(normalised, target_sum=1e4)
+    with pytest.raises(CountDataError, match="normalised"):
+        MixSCVI.setup_anndata(normalised)
+    # ambient-RNA correction subtracts fractional amounts from a few entries
+    corrected = adata.copy()
+    layer = corrected.layers["counts"]
+    values = layer if dense else layer.data
+    values.ravel()[::7] = np.maximum(values.ravel()[::7] - 0.3, 0)
+    with pytest.warns(UserWarning, match="not all whole numbers"):
+        MixSCVI.setup_anndata(corrected, layer="counts")
+    model = MixSCVI(corrected, n_components=2)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_equal_cell_totals_with_fractions_are_refused():
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 5, size=(50, 20)).astype(np.float64)
+    # one fractional value per cell makes every cell sum to the same 100.5: 5 % of the values
+    # are fractional (under the share rule), but equal totals give normalisation away
+    x[:, 0] = 100.5 - x[:, 1:].sum(1)
+    adata = ad.AnnData(x)
+    with pytest.raises(CountDataError, match=r"every cell sums to 100\.5"):
+        MixSCVI.setup_anndata(adata)
 
 
 def test_missing_keys_empty_data_and_component_counts_are_named():
@@ -113,8 +149,8 @@ def test_query_data_is_checked(tmp_path):
     with pytest.raises(GeneMismatchError, match="10 missing"):
         model.get_latent_representation(fewer)
     bad = _counts(seed=1)
-    bad.layers["counts"] = bad.layers["counts"] * 0.5
-    with pytest.raises(CountDataError, match="non-integer"):
+    bad.layers["counts"] = bad.layers["counts"] * 0.37
+    with pytest.raises(CountDataError, match="not whole numbers"):
         model.get_latent_representation(bad)
 
     model.save(tmp_path / "model")

@@ -22,7 +22,7 @@ from .bounds import (
     mixture_densities,
     validate_objective,
 )
-from .diagnostics import component_responsibilities, effective_sample_size
+from .diagnostics import component_responsibilities
 from .distribution import MixtureNormal, gaussian_log_prob_matrix, sample_components
 from .stacked_encoder import (
     StackedBatchNorm1d,
@@ -45,7 +45,6 @@ __all__ = [
     "accumulate_log_weights",
     "bound",
     "component_responsibilities",
-    "effective_sample_size",
     "gaussian_log_prob_matrix",
     "jsd",
     "kl_term",

@@ -1,4 +1,4 @@
-r"""Diagnostics of a mixture posterior: component usage and weight quality.
+r"""Diagnostics of a mixture posterior: which component carries each observation.
 
 The divergence between the components is :func:`scmixvae.mixture.jsd`, in the estimator core.
 """
@@ -26,15 +26,3 @@ def component_responsibilities(log_weight_sums: torch.Tensor) -> torch.Tensor:
     ``[S, B]``, summing to one over components.
     """
     return torch.softmax(log_weight_sums, dim=0)
-
-
-def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
-    r"""Kish effective sample size :math:`(\sum w)^2 / \sum w^2` of all draws, ``[B]``.
-
-    Parameters
-    ----------
-    log_weights
-        ``[..., B]``; every axis but the last is pooled.
-    """
-    flat = log_weights.reshape(-1, log_weights.shape[-1])
-    return torch.exp(2 * torch.logsumexp(flat, 0) - torch.logsumexp(2 * flat, 0))

@@ -86,12 +86,21 @@ class MixtureNormal(Distribution):
     vector (summed over the latent dimension), because a mixture does not factorise over
     dimensions.
 
+    The components are held component-major (``[S, B, D]``, the layout of the batched
+    computations); the declared parameters (:attr:`arg_constraints`, what
+    ``type(q)(**params)`` rebuilds from) are the same values in torch's batch-first layout,
+    ``cell_loc`` and ``cell_scale`` of shape ``[B, S, D]``, so tools that split or concatenate
+    distributions along the observation axis (scvi-tools' ``DistributionConcatenator``,
+    ``subset_distribution``) handle a mixture correctly.
+
     Parameters
     ----------
     component_loc
         Component means, shape ``[S, B, D]``.
     component_scale
         Component standard deviations, shape ``[S, B, D]``.
+    cell_loc, cell_scale
+        The same, batch-first (``[B, S, D]``); give these or the two above.
 
     Examples
     --------
@@ -104,12 +113,23 @@ class MixtureNormal(Distribution):
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
-        "component_loc": constraints.real,
-        "component_scale": constraints.positive,
+        "cell_loc": constraints.real,
+        "cell_scale": constraints.positive,
     }
     has_rsample = True
 
-    def __init__(self, component_loc: torch.Tensor, component_scale: torch.Tensor):
+    def __init__(
+        self,
+        component_loc: torch.Tensor | None = None,
+        component_scale: torch.Tensor | None = None,
+        *,
+        cell_loc: torch.Tensor | None = None,
+        cell_scale: torch.Tensor | None = None,
+    ):
+        if (component_loc is None) == (cell_loc is None):
+            raise ValueError("give either component_loc/component_scale or cell_loc/cell_scale.")
+        if cell_loc is not None:
+            component_loc, component_scale = cell_loc.movedim(-2, 0), cell_scale.movedim(-2, 0)
         if component_loc.dim() < 2:
             raise ValueError(
                 "component_loc must have shape [S, ..., D] with a leading component axis, "
@@ -127,6 +147,16 @@ class MixtureNormal(Distribution):
             event_shape=component_loc.shape[-1:],
             validate_args=False,
         )
+
+    @property
+    def cell_loc(self) -> torch.Tensor:
+        """Component means, batch-first: ``[B, S, D]``."""
+        return self.component_loc.movedim(0, -2)
+
+    @property
+    def cell_scale(self) -> torch.Tensor:
+        """Component standard deviations, batch-first: ``[B, S, D]``."""
+        return self.component_scale.movedim(0, -2)
 
     @property
     def n_components(self) -> int:

@@ -127,6 +127,16 @@ class SharedTrunkEncoder(nn.Module):
         return MixtureNormal(loc.transpose(0, 1), var.sqrt().transpose(0, 1))
 
 
+def check_encoder_kwargs(extra_encoder_kwargs: dict | None) -> None:
+    """Refuse, by name, the ``extra_encoder_kwargs`` keys the mixture encoders cannot honour."""
+    unknown = sorted(set(extra_encoder_kwargs or {}) - set(SUPPORTED_ENCODER_KWARGS))
+    if unknown:
+        raise ValueError(
+            f"extra_encoder_kwargs {unknown} are not supported by the mixture encoder; "
+            f"supported: {list(SUPPORTED_ENCODER_KWARGS)}."
+        )
+
+
 def build_mixture_encoder(
     n_components: int,
     shared: bool,
@@ -156,13 +166,8 @@ def build_mixture_encoder(
     """
     if n_head_hidden is not None and not shared:
         raise ValueError("n_head_hidden sets the shared encoder's head: use shared_encoder=True.")
+    check_encoder_kwargs(extra_encoder_kwargs)
     extra = dict(extra_encoder_kwargs or {})
-    unknown = sorted(set(extra) - set(SUPPORTED_ENCODER_KWARGS))
-    if unknown:
-        raise ValueError(
-            f"extra_encoder_kwargs {unknown} are not supported by the mixture encoder; "
-            f"supported: {list(SUPPORTED_ENCODER_KWARGS)}."
-        )
     options = {
         "n_cat_list": n_cat_list,
         "n_layers": n_layers,

@@ -29,9 +29,10 @@ from scmixvae.mixture import (
     validate_objective,
 )
 
-from .encoders import build_mixture_encoder
+from .encoders import build_mixture_encoder, check_encoder_kwargs
 
 COMPONENT_KEY = "component"
+UNTRANSFORMED_Z_KEY = "untran_z"
 # separate encoders cost S networks per step; the shared trunk costs one
 MAX_SEPARATE_COMPONENTS = 128
 MAX_SHARED_COMPONENTS = 1024
@@ -43,9 +44,21 @@ MAX_DECODED_DRAWS = 128
 MAX_ELEMENTS_PER_PASS = 20_000_000
 
 
-def _check_mixture_size(
-    n_components: int, shared_encoder: bool, n_sampled_components: int | None, n_particles: int
+def validate_mixture_options(
+    n_components: int,
+    objective: str,
+    shared_encoder: bool,
+    n_sampled_components: int | None,
+    n_particles: int,
+    gene_likelihood: str | None = None,
 ) -> None:
+    """Raise a clear error for options MixVAE cannot run with (before anything is built)."""
+    validate_objective(objective)
+    if gene_likelihood == "normal":
+        raise ValueError(
+            "gene_likelihood='normal' is not supported: MixSCVI's bounds and likelihoods are "
+            "for counts; use 'zinb', 'nb' or 'poisson' on raw counts."
+        )
     if not isinstance(n_components, int | np.integer) or n_components < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
     cap = MAX_SHARED_COMPONENTS if shared_encoder else MAX_SEPARATE_COMPONENTS
@@ -73,6 +86,20 @@ def _check_mixture_size(
             f"the supported {MAX_DECODED_DRAWS}: set n_sampled_components (e.g. 1 to 5) to "
             "draw from a few components per step."
         )
+
+
+def mixture_from_flat(loc: torch.Tensor, var: torch.Tensor, n_components: int) -> MixtureNormal:
+    """The mixture from component-major flat parameters ``[B, S * D]`` (means, variances)."""
+    n_obs, width = loc.shape
+    if width % n_components:
+        raise ValueError(
+            f"stored posterior has {width} columns, not a multiple of n_components="
+            f"{n_components}: it was not written by this model's minify_adata."
+        )
+    shape = (n_obs, n_components, width // n_components)
+    return MixtureNormal(
+        loc.reshape(shape).transpose(0, 1), var.reshape(shape).transpose(0, 1).sqrt()
+    )
 
 
 def _cell_chunks(tensors: dict[str, torch.Tensor], n_chunk: int) -> Iterator[dict]:
@@ -157,20 +184,15 @@ class MixVAE(VAE):
         use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
         var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         extra_encoder_kwargs: dict | None = None,
-        latent_distribution: Literal["normal"] = "normal",
-        batch_representation: Literal["one-hot"] = "one-hot",
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        batch_representation: Literal["one-hot", "embedding"] = "one-hot",
         **kwargs,
     ):
-        _check_mixture_size(n_components, shared_encoder, n_sampled_components, n_particles)
-        validate_objective(objective)
-        if latent_distribution != "normal":
-            raise NotImplementedError("MixVAE supports latent_distribution='normal' only.")
-        if batch_representation != "one-hot":
-            raise NotImplementedError("MixVAE supports batch_representation='one-hot' only.")
-        if kwargs.get("gene_likelihood") == "normal":
-            raise NotImplementedError(
-                "MixVAE models counts: gene_likelihood 'zinb', 'nb' or 'poisson'."
-            )
+        validate_mixture_options(
+            n_components, objective, shared_encoder, n_sampled_components, n_particles,
+            kwargs.get("gene_likelihood"),
+        )  # fmt: skip
+        check_encoder_kwargs(extra_encoder_kwargs)  # before scVI's own encoder sees them
         super().__init__(
             n_input,
             n_batch=n_batch,
@@ -185,7 +207,8 @@ class MixVAE(VAE):
             use_layer_norm=use_layer_norm,
             var_activation=var_activation,
             extra_encoder_kwargs=extra_encoder_kwargs,
-            latent_distribution="normal",
+            latent_distribution=latent_distribution,
+            batch_representation=batch_representation,
             **kwargs,
         )
         self.n_components = int(n_components)
@@ -197,7 +220,13 @@ class MixVAE(VAE):
         self.n_particles = n_particles
         self.importance_weighted = importance_weighted
         # the same inputs and options scVI's VAE gave its z encoder
-        cat_list = [n_batch, *(n_cats_per_cov or [])] if encode_covariates else None
+        n_input_encoder = n_input + n_continuous_cov * encode_covariates
+        if batch_representation == "embedding":  # the batch enters as an embedding
+            batch_dim = self.get_embedding(REGISTRY_KEYS.BATCH_KEY).embedding_dim
+            n_input_encoder += batch_dim * encode_covariates
+            cat_list = list(n_cats_per_cov or []) if encode_covariates else None
+        else:
+            cat_list = [n_batch, *(n_cats_per_cov or [])] if encode_covariates else None
         options = {
             "n_cat_list": cat_list,
             "n_layers": n_layers,
@@ -212,7 +241,7 @@ class MixVAE(VAE):
         self.z_encoder = build_mixture_encoder(
             self.n_components,
             self.shared_encoder,
-            n_input + n_continuous_cov * encode_covariates,
+            n_input_encoder,
             self.n_latent,
             n_head_hidden=n_head_hidden,
             **options,
@@ -251,19 +280,11 @@ class MixVAE(VAE):
             compute_loss=compute_loss,
         )
 
-    def _encoder_input(self, x, cont_covs, cat_covs):
-        x_ = torch.log1p(x) if self.log_variational else x
-        if cont_covs is not None and self.encode_covariates:
-            x_ = torch.cat((x_, cont_covs), dim=-1)
-        categorical = (
-            torch.split(cat_covs, 1, dim=1)
-            if cat_covs is not None and self.encode_covariates
-            else ()
-        )
-        return x_, categorical
+    def _z_transformation(self, z: torch.Tensor) -> torch.Tensor:
+        """scVI's map from the Gaussian latent to the decoder's input (softmax for ``"ln"``)."""
+        return torch.softmax(z, dim=-1) if self.latent_distribution == "ln" else z
 
-    @auto_move_data
-    def inference(
+    def _regular_inference(
         self,
         x: torch.Tensor,
         batch_index: torch.Tensor,
@@ -273,48 +294,94 @@ class MixVAE(VAE):
         stratified: bool = False,
         n_sampled_components: int | None = None,
     ) -> dict[str, torch.Tensor | Distribution | None]:
-        """Encode, then draw latents.
-
-        Returns
-        -------
-        ``qz`` (:class:`~scmixvae.mixture.MixtureNormal`), ``z``, ``ql``, ``library`` and, when
-        ``stratified``, ``component`` (``[A, B]``, which component drew). ``z`` is
-        ``[n_samples, A, B, D]`` when ``stratified`` (``A = n_sampled_components``, default
-        all ``S``), else mixture draws ``[n_samples, B, D]`` (``[B, D]`` for one sample).
-        """
-        if self.minified_data_type is not None:
-            raise NotImplementedError("MixVAE does not support minified AnnData.")
-        encoder_input, categorical = self._encoder_input(x, cont_covs, cat_covs)
-        qz: MixtureNormal = self.z_encoder(encoder_input, batch_index, *categorical)
-        component = None
-        if stratified:
-            component = sample_components(
-                self.n_components, n_sampled_components, x.shape[0], device=x.device
-            )
-            z = qz.rsample_components(component, n_samples)
-            draws = (n_samples, component.shape[0])
+        """Encode the counts into the mixture, then draw latents (see :meth:`_draw`)."""
+        encoder_input = torch.log1p(x) if self.log_variational else x
+        if cont_covs is not None and self.encode_covariates:
+            encoder_input = torch.cat((encoder_input, cont_covs), dim=-1)
+        categorical = (
+            torch.split(cat_covs, 1, dim=1)
+            if cat_covs is not None and self.encode_covariates
+            else ()
+        )
+        if self.batch_representation == "embedding":
+            if self.encode_covariates:
+                batch_rep = self.compute_embedding(REGISTRY_KEYS.BATCH_KEY, batch_index)
+                encoder_input = torch.cat([encoder_input, batch_rep], dim=-1)
+            covariates = categorical
         else:
-            z = qz.sample_mixture(n_samples if n_samples > 1 else ())
-            draws = (n_samples,) if n_samples > 1 else ()
-
+            covariates = (batch_index, *categorical)
+        qz: MixtureNormal = self.z_encoder(encoder_input, *covariates)
+        # the latent is drawn before the library encoder runs, in scVI's order of draws
+        latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
         ql = None
         if self.use_observed_lib_size:
             # a cell without counts would give log(0); flooring at one count leaves others as scVI
             library = torch.log(x.sum(1).clamp(min=1.0)).unsqueeze(1)
+        else:
+            ql, library = self.l_encoder(encoder_input, *covariates)
+        return self._outputs(qz, latent, ql, library)
+
+    def _cached_inference(
+        self,
+        qzm: torch.Tensor,
+        qzv: torch.Tensor,
+        observed_lib_size: torch.Tensor,
+        n_samples: int = 1,
+        stratified: bool = False,
+        n_sampled_components: int | None = None,
+    ) -> dict[str, torch.Tensor | Distribution | None]:
+        """Inference from a minified AnnData's stored posterior (no encoder pass).
+
+        ``qzm`` and ``qzv`` hold every component's means and variances, ``[B, S * D]``
+        (component-major: the first ``D`` columns are component 0's); see
+        :meth:`MixSCVI.minify_adata <scmixvae.MixSCVI.minify_adata>`.
+        """
+        qz = mixture_from_flat(qzm, qzv, self.n_components)
+        with torch.no_grad():  # the stored posterior is not optimised
+            latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
+        return self._outputs(qz, latent, None, torch.log(observed_lib_size))
+
+    def _draw_latent(
+        self,
+        qz: MixtureNormal,
+        n_samples: int,
+        stratified: bool,
+        n_sampled_components: int | None,
+    ) -> dict:
+        """Latent draws: ``[n_samples, A, B, D]`` from ``A`` components when ``stratified``
+        (``A = n_sampled_components``, default all ``S``), else mixture draws
+        ``[n_samples, B, D]`` (``[B, D]`` for one sample)."""
+        component = None
+        if stratified:
+            component = sample_components(
+                self.n_components, n_sampled_components, qz.batch_shape[0], qz.loc.device
+            )
+            untran_z = qz.rsample_components(component, n_samples)
+            draws = (n_samples, component.shape[0])
+        else:
+            untran_z = qz.sample_mixture(n_samples if n_samples > 1 else ())
+            draws = (n_samples,) if n_samples > 1 else ()
+        return {"untran_z": untran_z, "component": component, "draws": draws}
+
+    def _outputs(
+        self, qz: MixtureNormal, latent: dict, ql: Distribution | None, library: torch.Tensor
+    ) -> dict[str, torch.Tensor | Distribution | None]:
+        """Inference outputs: ``qz``, ``z``, ``ql``, ``library`` and, for stratified draws,
+        ``component`` (``[A, B]``, which component drew) and ``untran_z`` (the Gaussian draws
+        before scVI's ``latent_distribution`` transform, which the bounds score)."""
+        draws = latent["draws"]
+        if ql is None or math.prod(draws) == 1:
+            # the library encoder already drew one sample: reuse it, so S = 1 is scVI's draws
             library = library.expand(*draws, *library.shape)
         else:
-            ql, library = self.l_encoder(encoder_input, batch_index, *categorical)
-            # the encoder already drew one sample; reuse it so S = 1 consumes scVI's draws
-            if math.prod(draws) == 1:
-                library = library.expand(*draws, *library.shape)
-            else:
-                library = ql.rsample(draws)
+            library = ql.rsample(draws)
         return {
-            MODULE_KEYS.Z_KEY: z,
+            MODULE_KEYS.Z_KEY: self._z_transformation(latent["untran_z"]),
             MODULE_KEYS.QZ_KEY: qz,
             MODULE_KEYS.QL_KEY: ql,
             MODULE_KEYS.LIBRARY_KEY: library,
-            COMPONENT_KEY: component,
+            COMPONENT_KEY: latent["component"],
+            UNTRANSFORMED_Z_KEY: latent["untran_z"],
         }
 
     @auto_move_data
@@ -396,7 +463,7 @@ class MixVAE(VAE):
         """
         x = tensors[REGISTRY_KEYS.X_KEY]
         qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
-        z = inference_outputs[MODULE_KEYS.Z_KEY]
+        z = inference_outputs[UNTRANSFORMED_Z_KEY]  # the Gaussian draws the densities score
         component = inference_outputs.get(COMPONENT_KEY)
         if z.dim() != 4 or component is None:
             raise ValueError("the mixture's terms need stratified draws [L, A, B, D].")
@@ -409,7 +476,7 @@ class MixVAE(VAE):
             z,
             component,
             log_px_z=log_px_z,
-            log_pz=generative_outputs[MODULE_KEYS.PZ_KEY].log_prob(z).sum(-1),
+            log_pz=Normal(0.0, 1.0).log_prob(z).sum(-1),
             with_sub_mixture=self.objective == "some_to_some",
             kl_own=qz.kl_to_standard_normal(component),
         )
@@ -444,6 +511,12 @@ class MixVAE(VAE):
         # of multi-process (DDP) training; the JSD stays available there via the model methods
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             extra_metrics["jsd"] = jsd(terms).detach().mean()
+        if self.extra_payload_autotune:  # what scvi-tools' autotune metrics read, as scVI gives
+            extra_metrics.update({
+                "z": inference_outputs[MODULE_KEYS.QZ_KEY].loc,
+                "batch": tensors[REGISTRY_KEYS.BATCH_KEY],
+                "labels": tensors[REGISTRY_KEYS.LABELS_KEY],
+            })  # fmt: skip
         if importance_weighted:  # reported terms stay the likelihood alone
             terms = self.draw_terms(tensors, inference_outputs, generative_outputs)
         return LossOutput(

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from scvi.train import SaveCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 
 class GeneMismatchError(ValueError):
@@ -131,30 +130,3 @@ class RNGStateCheckpoint(Callback):
             (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
         )
         random.setstate(states["python"])
-
-
-class TrainingCheckpoint(SaveCheckpoint):
-    """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint`, for resumable training.
-
-    scvi-tools adds its own checkpointing (writing to ``./scvi_log``) unless the callbacks hold
-    a :class:`scvi.train.SaveCheckpoint`; this class is one in name only and behaves exactly as
-    ``ModelCheckpoint`` (``dirpath``, ``save_last``, ``every_n_epochs``, ...), so the checkpoints
-    go where the user asked and ``train(..., ckpt_path=...)`` resumes from them.
-    """
-
-    __init__ = ModelCheckpoint.__init__
-    on_save_checkpoint = ModelCheckpoint.on_save_checkpoint
-    _remove_checkpoint = ModelCheckpoint._remove_checkpoint
-    _update_best_and_save = ModelCheckpoint._update_best_and_save
-    on_train_end = ModelCheckpoint.on_train_end
-    on_train_batch_end = ModelCheckpoint.on_train_batch_end
-    on_exception = ModelCheckpoint.on_exception
-
-
-def as_training_checkpoints(callbacks: list) -> list:
-    """Turn plain ``ModelCheckpoint`` callbacks into :class:`TrainingCheckpoint`."""
-    for callback in callbacks:
-        if type(callback) is ModelCheckpoint:
-            # identical attributes and behaviour; only scvi-tools' isinstance check changes
-            callback.__class__ = TrainingCheckpoint
-    return callbacks

@@ -7,6 +7,10 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+# exact types: a subclass (e.g. scvi-tools' AnnCollection layer view) may hold only a sample
+_IN_MEMORY = (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array,
+              sp.coo_array)  # fmt: skip
+
 
 class CountDataError(ValueError):
     """The matrix given as counts is not a matrix of raw counts."""
@@ -14,7 +18,7 @@ class CountDataError(ValueError):
 
 def _row_blocks(matrix, chunk_rows: int):
     """In-memory blocks of rows: an in-memory matrix whole, a backed one a block at a time."""
-    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+    if type(matrix) in _IN_MEMORY or isinstance(matrix, np.ndarray):
         yield matrix
         return
     for start in range(0, matrix.shape[0], chunk_rows):  # backed (on-disk) or array-like
@@ -25,7 +29,7 @@ def _value_blocks(matrix, chunk_rows: int, chunk_values: int):
     """The stored values in blocks, so checks never allocate a full-size temporary."""
     for block in _row_blocks(matrix, chunk_rows):
         if sp.issparse(block):
-            data = block.data
+            data = block.data  # stored values only: zeros are counts
             for start in range(0, len(data), chunk_values):
                 yield data[start : start + chunk_values]
         else:
@@ -34,19 +38,32 @@ def _value_blocks(matrix, chunk_rows: int, chunk_values: int):
                 yield block[start : start + chunk_rows]
 
 
+# beyond this share of non-integer stored values a matrix is not counts but normalised data
+MAX_NON_INTEGER_SHARE = 0.5
+
+
 def check_counts(
     matrix, where: str = "adata.X", chunk_rows: int = 50_000, chunk_values: int = 10_000_000
 ) -> None:
-    """Raise :class:`CountDataError` unless ``matrix`` holds finite non-negative integers.
+    """Raise :class:`CountDataError` unless ``matrix`` holds counts.
 
-    Dense and sparse matrices are accepted, float dtypes included as long as every value is a
-    whole number; sparse matrices are checked on their stored values only, in blocks, and dense
-    ones a block of rows at a time, so nothing is densified or copied whole.
+    Refused, with the problem named: NaN or infinite values, negative values, non-numeric
+    data, and matrices that are clearly normalised or log-transformed: more than half of the
+    non-zero values non-integer, or non-integer values with every cell summing to the same
+    total (``sc.pp.normalize_total``'s output). Mostly-integer matrices with some fractional
+    values, as ambient-RNA correction (e.g. SoupX) produces, are accepted with one warning, as
+    scvi-tools does: the likelihoods evaluate at non-integer values, but the model is built
+    for counts.
+
+    Dense and sparse matrices are accepted, float dtypes included; sparse matrices are checked
+    on their stored values only, in blocks, and dense or backed ones a block of rows at a time,
+    so nothing is densified or copied whole.
 
     Parameters
     ----------
     matrix
-        Cells x genes.
+        Cells x genes: an array, a sparse matrix, a backed dataset, or anything with ``shape``
+        that returns rows when sliced.
     where
         How to name the matrix in the message (``"adata.layers['counts']"``).
     chunk_rows
@@ -56,6 +73,7 @@ def check_counts(
     """
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise CountDataError(f"{where} is empty (shape {tuple(matrix.shape)}).")
+    n_values, n_fractional, example = 0, 0, None
     for values in _value_blocks(matrix, chunk_rows, chunk_values):
         if not np.issubdtype(values.dtype, np.number):
             raise CountDataError(f"{where} has non-numeric dtype {values.dtype}.")
@@ -64,15 +82,44 @@ def check_counts(
                 raise CountDataError(
                     f"{where} contains NaN or infinite values; counts must be finite."
                 )
-            if (values != np.round(values)).any():
-                example = values[values != np.round(values)][0]
-                raise CountDataError(
-                    f"{where} contains non-integer values (e.g. {example:.4g}); "
-                    "MixSCVI models raw counts. Pass the raw counts (often "
-                    "adata.layers['counts'] or adata.raw) via setup_anndata(layer=...)."
-                )
+            fractional = values != np.round(values)
+            n_fractional += int(fractional.sum())
+            if example is None and fractional.any():
+                example = float(values[fractional].flat[0])
         if (values < 0).any():
             raise CountDataError(f"{where} contains negative values; counts must be >= 0.")
+        n_values += int(np.count_nonzero(values))
+    if not n_fractional:
+        return
+    share = n_fractional / max(1, n_values)
+    hint = (
+        "MixSCVI models raw counts. Pass the raw counts (often adata.layers['counts'] or "
+        "adata.raw) via setup_anndata(layer=...)."
+    )
+    if share > MAX_NON_INTEGER_SHARE:
+        raise CountDataError(
+            f"{where} looks normalised or log-transformed, not counts: {share:.0%} of its "
+            f"non-zero values are not whole numbers (e.g. {example:.4g}). {hint}"
+        )
+    totals = _cell_totals(matrix, chunk_rows)
+    if len(totals) > 1 and np.allclose(totals, totals[0], rtol=1e-4):
+        raise CountDataError(
+            f"{where} looks normalised, not counts: it has non-integer values and every cell "
+            f"sums to {totals[0]:.6g} (as after sc.pp.normalize_total). {hint}"
+        )
+    warnings.warn(
+        f"{where} is not all whole numbers ({share:.1%} of its non-zero values are fractional, "
+        f"e.g. {example:.4g}), as after ambient-RNA correction. MixSCVI's likelihoods are for "
+        "counts; it trains on these values as they are.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _cell_totals(matrix, chunk_rows: int = 50_000) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(block.sum(axis=1)).ravel() for block in _row_blocks(matrix, chunk_rows)]
+    )
 
 
 def warn_empty_cells_and_genes(

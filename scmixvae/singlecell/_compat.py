@@ -1,0 +1,137 @@
+"""Every place where scmixvae relies on scvi-tools behaviour that has no public hook.
+
+Each workaround here has a test in ``tests/test_scvi_compat.py`` that fails if scvi-tools
+changes under it; nothing else in the package depends on scvi-tools internals.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from uuid import uuid4
+
+import rich.pretty  # noqa: F401  scvi-tools 1.4 calls rich.pretty without importing it
+from lightning.pytorch.callbacks import ModelCheckpoint
+from scvi.data._constants import _ADATA_MINIFY_TYPE_UNS_KEY
+from scvi.dataloaders import CollectionAdapter
+from scvi.train import SaveCheckpoint
+
+# the message SCANVI.from_scvi_model passes to the model's _check_if_trained
+SCANVI_FROM_SCVI_MESSAGE = "Passed in scvi model hasn't been trained yet."
+SCANVI_REFUSAL = (
+    "SCANVI.from_scvi_model cannot start from a MixSCVI: SCANVI's encoder is one Gaussian, so "
+    "the mixture's S encoders have no place in it, and loading the rest would silently start "
+    "SCANVI from an untrained encoder. Train scvi.model.SCANVI directly, or transfer labels "
+    "from MixSCVI's latent (e.g. a kNN classifier on model.get_latent_representation())."
+)
+
+
+def with_checkpoint_support(callbacks: list) -> list:
+    """Let Lightning ``ModelCheckpoint`` callbacks work in scvi-tools' trainer.
+
+    scvi-tools turns Lightning's checkpointing on only when the callbacks hold a
+    :class:`scvi.train.SaveCheckpoint`, and otherwise adds one of its own that writes
+    scvi-tools model folders into ``settings.logging_dir``. A ``SaveCheckpoint`` that never
+    saves (``save_top_k=0``, never scheduled) turns checkpointing on and keeps scvi-tools' own
+    away, so the user's ``ModelCheckpoint`` writes what and where the user asked.
+    """
+    plain = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if plain and not any(isinstance(c, SaveCheckpoint) for c in callbacks):
+        return [*callbacks, DormantSaveCheckpoint()]
+    return callbacks
+
+
+class DormantSaveCheckpoint(SaveCheckpoint):
+    """A :class:`scvi.train.SaveCheckpoint` that never saves (:func:`with_checkpoint_support`)."""
+
+    def __init__(self) -> None:
+        # Lightning creates the folder of every checkpoint callback: a temporary one, removed
+        # when training ends, so nothing appears in scvi-tools' logging folder
+        self._folder = tempfile.mkdtemp(prefix="scmixvae-unused-checkpoints-")
+        super().__init__(
+            dirpath=self._folder, filename="never", monitor=None, save_top_k=0, every_n_epochs=0
+        )
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        return None
+
+
+def init_without_data(model) -> None:
+    """Set up a model with neither AnnData nor registry, as scvi-tools does for its SCVI.
+
+    scvi-tools' ``BaseModelClass.__init__`` allows this mode (the module is built by ``train``
+    from a datamodule) only for classes named ``SCVI`` or ``GIMVI``; these are the attributes
+    it sets for them, plus an empty AnnData and manager, which its SCVI leaves unset (so
+    ``model.adata`` is ``None`` instead of an AttributeError).
+    """
+    model._adata = None
+    model._adata_manager = None
+    model.id = str(uuid4())
+    model._module_init_on_train = True
+    model.is_trained_ = False
+    model._model_summary_string = ""
+    model.train_indices_ = None
+    model.test_indices_ = None
+    model.validation_indices_ = None
+    model.history_ = None
+    model.get_normalized_function_name_ = "get_normalized_expression"
+    model.run_name_ = f"run_{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+    model.run_id_ = ""
+
+
+def is_collection(adata) -> bool:
+    """Whether ``adata`` is an AnnCollection in :class:`scvi.dataloaders.CollectionAdapter`.
+
+    The adapter reports ``AnnData`` as its class, so ``isinstance`` cannot tell.
+    """
+    return type(adata) is CollectionAdapter
+
+
+def layer_names(adata) -> list[str]:
+    """The layer names of an AnnData or an adapted AnnCollection (whose layers lack ``in``)."""
+    return list(adata.layers.keys())
+
+
+def refuse_scanvi_conversion(message: str | None) -> None:
+    """Raise a clear error when ``SCANVI.from_scvi_model`` is given a MixSCVI.
+
+    scvi-tools offers no hook for it; its first call on the given model is
+    ``_check_if_trained`` with :data:`SCANVI_FROM_SCVI_MESSAGE`.
+    """
+    if message == SCANVI_FROM_SCVI_MESSAGE:
+        raise TypeError(SCANVI_REFUSAL)
+
+
+def minify_type(adata) -> str | None:
+    """The minification of an AnnData (scvi-tools records it in ``.uns``), or ``None``."""
+    return adata.uns.get(_ADATA_MINIFY_TYPE_UNS_KEY) if hasattr(adata, "uns") else None
+
+
+def count_matrix(adata, layer: str | None):
+    """The count matrix the model reads, as an object the count checks can read in full."""
+    if is_collection(adata):
+        return CollectionRows(adata, layer)
+    return adata.X if layer is None else adata.layers[layer]
+
+
+class CollectionRows:
+    """Row blocks of an adapted AnnCollection's count matrix, for the count checks.
+
+    scvi-tools' adapter exposes a layer whose ``.data`` is a sample of the first cells only;
+    the checks need every row, read a block of cells at a time.
+    """
+
+    def __init__(self, adata, layer: str | None):
+        self.collection, self.layer = adata.collection, layer
+        self.shape = adata.collection.shape
+
+    def __getitem__(self, rows: slice):
+        view = self.collection[rows]
+        return view.X if self.layer is None else view.layers[self.layer]
