@@ -59,6 +59,16 @@ def _add_fit_parser(subparsers) -> None:
     p.add_argument("--batch-key", default=None, help="obs column with the batch")
     p.add_argument("--labels-key", default=None, help="obs column with labels (kept, unused)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (scvi-tools default)")
+    p.add_argument(
+        "--kl-warmup-epochs", type=int, default=None,
+        help="epochs of linear KL warm-up (scvi-tools' default: 400). Until it ends the KL "
+        "weight is below 1: a run much shorter than the warm-up barely integrates batches",
+    )  # fmt: skip
+    p.add_argument(
+        "--diagnostics", choices=["means", "importance"], default="means",
+        help="responsibilities and divergence from the components' densities at their means "
+        "(fast, no decoding) or by importance sampling (decodes S x 10 draws per cell)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--gene-likelihood", choices=["zinb", "nb", "poisson"], default="zinb")
@@ -77,30 +87,65 @@ def _add_fit_parser(subparsers) -> None:
     p.set_defaults(func=_fit)
 
 
-def _read_input(source: str, layer: str | None):
-    import anndata as ad
-
-    from scmixvae.datasets import COUNT_DATASETS, load_counts
-
-    path = Path(source)
-    if path.suffix == ".h5ad":
-        if not path.is_file():
-            raise FileNotFoundError(f"input file {path} does not exist.")
-        return ad.read_h5ad(path), layer
-    if source in COUNT_DATASETS:
-        return load_counts(source), layer or "counts"
-    raise ValueError(
-        f"input {source!r} is neither an .h5ad file nor a dataset name "
-        f"({', '.join(COUNT_DATASETS)})."
-    )
+class InputError(ValueError):
+    """A command-line input that cannot be used, named before any training starts."""
 
 
-def _fit(args: argparse.Namespace) -> int:
+def _check_fit_arguments(args: argparse.Namespace) -> None:
+    """Refuse unusable arguments before anything slow is imported or read."""
+    for name in ("epochs", "n_components", "n_top_genes", "batch_size", "kl_warmup_epochs"):
+        value = getattr(args, name)
+        minimum = 0 if name == "kl_warmup_epochs" else 1
+        if value is not None and value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} must be at least {minimum}, got {value}.")
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
     if args.model_dir and Path(args.model_dir).exists() and not args.overwrite:
         raise FileExistsError(f"{args.model_dir} exists; pass --overwrite to replace it.")
+
+
+def _read_input(source: str, layer: str | None):
+    """The input AnnData and the layer holding its counts."""
+    from scmixvae.datasets import COUNT_DATASETS, load_counts
+
+    path = Path(source)
+    if path.suffix == ".h5ad":
+        import anndata as ad
+        import h5py
+
+        if not path.is_file():
+            raise FileNotFoundError(f"input file {path} does not exist.")
+        if not h5py.is_hdf5(path):
+            raise InputError(f"{path} is not an .h5ad file (no HDF5 signature).")
+        return ad.read_h5ad(path), layer
+    if source in COUNT_DATASETS:
+        return load_counts(source), layer or "counts"
+    raise InputError(
+        f"input {source!r} is neither an .h5ad file nor a dataset name "
+        f"({', '.join(COUNT_DATASETS)})."
+    )
+
+
+def _check_keys(adata, layer: str | None, batch_key: str | None, labels_key: str | None):
+    if layer is not None and layer not in adata.layers:
+        raise InputError(
+            f"--layer {layer!r} is not a layer of the input (layers: {list(adata.layers)})."
+        )
+    for flag, key in (("--batch-key", batch_key), ("--labels-key", labels_key)):
+        if key is not None and key not in adata.obs:
+            raise InputError(
+                f"{flag} {key!r} is not a column of the input's .obs "
+                f"(columns: {list(adata.obs.columns)})."
+            )
+
+
+def _fit(args: argparse.Namespace) -> int:
+    _check_fit_arguments(args)
+    adata, layer = _read_input(args.input, args.layer)
+    _check_keys(adata, layer, args.batch_key, args.labels_key)
+    logger.info("read %d cells x %d genes", adata.n_obs, adata.n_vars)
 
     import scanpy as sc
     import scvi
@@ -109,20 +154,22 @@ def _fit(args: argparse.Namespace) -> int:
     from scmixvae.io import write_h5ad_atomic
 
     scvi.settings.seed = args.seed
-    adata, layer = _read_input(args.input, args.layer)
-    logger.info("read %d cells x %d genes", adata.n_obs, adata.n_vars)
-    if args.n_top_genes:
+    training = adata
+    if args.n_top_genes:  # train on the variable genes; the output keeps every gene
         sc.pp.highly_variable_genes(
             adata,
             n_top_genes=min(args.n_top_genes, adata.n_vars),
             flavor="seurat_v3",
             layer=layer,
             batch_key=args.batch_key,
-            subset=True,
         )
+        training = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+    plan_kwargs = {} if args.kl_warmup_epochs is None else {
+        "n_epochs_kl_warmup": args.kl_warmup_epochs
+    }  # fmt: skip
     start = time.perf_counter()
     model = tl.mixscvi(
-        adata,
+        training,
         n_components=args.n_components,
         layer=layer,
         batch_key=args.batch_key,
@@ -130,15 +177,22 @@ def _fit(args: argparse.Namespace) -> int:
         max_epochs=args.epochs,
         shared_encoder=args.shared_encoder,
         n_sampled_components=args.n_sampled_components,
+        diagnostics=args.diagnostics,
         model_kwargs={"objective": args.objective, "n_latent": args.n_latent,
                       "gene_likelihood": args.gene_likelihood},
         train_kwargs={
             "batch_size": args.batch_size,
             "accelerator": args.accelerator,
             "enable_progress_bar": not args.no_progress_bar,
+            "plan_kwargs": plan_kwargs,
         },
     )  # fmt: skip
     elapsed = time.perf_counter() - start
+    if args.model_dir:  # saved first: the steps below cannot lose the training
+        model.save(args.model_dir, overwrite=True)
+    if training is not adata:
+        tl.copy_outputs(training, adata)
+    adata.uns["X_mixscvi"]["train_seconds"] = elapsed
     sc.pp.neighbors(adata, use_rep="X_mixscvi", random_state=args.seed)
     sc.tl.leiden(
         adata,
@@ -149,12 +203,10 @@ def _fit(args: argparse.Namespace) -> int:
         directed=False,
     )
     sc.tl.umap(adata, random_state=args.seed)
-    adata.uns["X_mixscvi"]["train_seconds"] = elapsed
-    write_h5ad_atomic(adata, output)
-    if args.model_dir:
-        model.save(args.model_dir, overwrite=True)
+    write_h5ad_atomic(adata, args.output)
     print(
-        f"wrote {output}: {adata.n_obs} cells, {model.n_components} components, "
+        f"wrote {args.output}: {adata.n_obs} cells x {adata.n_vars} genes "
+        f"({training.n_vars} used for training), {model.n_components} components, "
         f"{adata.uns['X_mixscvi']['n_epochs']} epochs in {elapsed:.1f}s, "
         f"{adata.obs['leiden'].nunique()} leiden clusters"
     )
@@ -197,6 +249,10 @@ def _add_image_parser(subparsers) -> None:
     t.add_argument("--accelerator", default="auto")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--overwrite", action="store_true")
+    t.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last checkpoint (e.g. with more --epochs)",
+    )  # fmt: skip
     t.add_argument("--no-progress-bar", action="store_true")
     t.set_defaults(func=_image_train)
 
@@ -216,6 +272,7 @@ def _add_image_parser(subparsers) -> None:
     e.add_argument("--samples", type=int, default=5000, help="importance samples per component")
     e.add_argument("--subset", type=int, default=None, help="evaluate the first N test images")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--accelerator", default="auto", help="auto (GPU if any) or cpu")
     e.set_defaults(func=_image_evaluate)
 
 
@@ -237,6 +294,7 @@ def _image_train(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         progress_bar=not args.no_progress_bar,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     print(
         f"trained {args.arch} S={args.n_components}: {summary['epochs_run']} epochs, "
@@ -249,7 +307,10 @@ def _image_train(args: argparse.Namespace) -> int:
 def _image_evaluate(args: argparse.Namespace) -> int:
     from scmixvae.image.training import evaluate
 
-    result = evaluate(args.run_dir, args.samples, subset=args.subset, seed=args.seed)
+    result = evaluate(
+        args.run_dir, args.samples, subset=args.subset, seed=args.seed,
+        accelerator=args.accelerator,
+    )  # fmt: skip
     print(
         f"test NLL {result['nll_mixture']:.2f} (mixture proposal, tight estimator; "
         f"per-component estimator {result['nll_per_component']:.2f}), -bound "
@@ -278,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"scmixvae: error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # str(KeyError) quotes its message: print the message itself
+        print(f"scmixvae: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
+import scipy.sparse as sp
 
 from scmixvae.cli import main
 from scmixvae.datasets import load_counts
@@ -73,11 +75,54 @@ def test_both_commands_spell_the_mixture_options_alike():
             )
 
 
-def test_bad_inputs_exit_with_a_message(tmp_path, capsys):
-    assert main(["fit", str(tmp_path / "missing.h5ad"), str(tmp_path / "o.h5ad")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["fit", "not_a_dataset", str(tmp_path / "o.h5ad")]) == 2
-    assert "dataset name" in capsys.readouterr().err
+def test_bad_inputs_exit_with_a_message(small_h5ad, tmp_path, capsys):
+    out = str(tmp_path / "o.h5ad")
+    cases = [
+        (["fit", str(tmp_path / "missing.h5ad"), out], "does not exist"),
+        (["fit", "not_a_dataset", out], "dataset name"),
+        (["fit", str(small_h5ad), out, "--epochs", "0"], "--epochs must be at least 1"),
+        (["fit", str(small_h5ad), out, "--n-components", "0"], "--n-components must be"),
+        (["fit", str(small_h5ad), out, "--layer", "raw"], "layers: ['counts']"),
+        (["fit", str(small_h5ad), out, "--layer", "counts", "--batch-key", "donor"],
+         "--batch-key 'donor' is not a column"),
+    ]  # fmt: skip
+    not_hdf5 = tmp_path / "text.h5ad"
+    not_hdf5.write_text("cell,gene\n")
+    cases.append((["fit", str(not_hdf5), out], "no HDF5 signature"))
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err  # one line, no traceback
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_fit_on_ten_thousand_cells_keeps_every_gene(tmp_path, capsys):
+    """Past ~9,000 cells scanpy's kNN takes the pynndescent path that once crashed."""
+    rng = np.random.default_rng(0)
+    n_cells, n_genes = 10_000, 300
+    counts = rng.poisson(rng.gamma(0.5, 2.0, size=n_genes), size=(n_cells, n_genes))
+    adata = ad.AnnData(sp.csr_matrix(counts.astype(np.float32)))
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    adata.obs_names = [f"c{i}" for i in range(n_cells)]
+    adata.write_h5ad(tmp_path / "big.h5ad")
+    out, model_dir = tmp_path / "big_out.h5ad", tmp_path / "model"
+    args = ["fit", str(tmp_path / "big.h5ad"), str(out), "--n-top-genes", "100",
+            "--n-components", "2", "--epochs", "1", "--batch-size", "512",
+            "--no-progress-bar", "--model-dir", str(model_dir)]  # fmt: skip
+    old_umask = os.umask(0o022)
+    try:
+        assert main(args) == 0
+    finally:
+        os.umask(old_umask)
+    result = ad.read_h5ad(out)
+    assert result.shape == (n_cells, n_genes)  # every gene kept, the trained ones flagged
+    assert result.var["highly_variable"].sum() == 100
+    assert result.obsm["X_mixscvi"].shape == (n_cells, 10)
+    assert result.obsm["X_umap"].shape == (n_cells, 2)
+    assert result.obs["X_mixscvi_component"].dtype == "category"
+    assert (out.stat().st_mode & 0o777) == 0o644  # the user's umask, not mkstemp's 0600
+    assert (model_dir / "model.pt").is_file()
+    assert "300 genes (100 used for training)" in capsys.readouterr().out
 
 
 def test_help_documents_the_options():

@@ -232,3 +232,59 @@ def test_cli_trains_a_large_shared_mixture(tmp_path):
     assert len(result["component_usage"]) == 50  # evaluation uses every component
     text = (run / "evaluation.md").read_text()
     assert text.startswith("# vampprior, S=50 (shared encoder, A=1)")
+
+
+def _config(**kwargs):
+    from scmixvae.image.training import ImageTrainConfig
+
+    settings = {
+        "architecture": "vanilla",
+        "n_components": 2,
+        "subset": 200,
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "seed": 3,
+        "model_kwargs": {"n_hidden": 32, "n_latent": 6},
+    }
+    return ImageTrainConfig(**(settings | kwargs))
+
+
+def test_image_training_restores_weights_on_a_nan_loss(tmp_path, monkeypatch, data_dir):
+    from scmixvae.guards import TrainingDivergedError
+    from scmixvae.image import training
+
+    calls = {"n": 0}
+    original = training.bound
+
+    def bound_turning_nan(*args, **kwargs):
+        calls["n"] += 1
+        value = original(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 5 else value  # in the second epoch
+
+    monkeypatch.setattr(training, "bound", bound_turning_nan)
+    with pytest.raises(TrainingDivergedError, match="end of epoch 1"):
+        training.train(_config(epochs=3), tmp_path / "run", progress_bar=False)
+
+
+def test_image_training_resumes_exactly(tmp_path, data_dir):
+    from scmixvae.image.training import load_trained, train
+
+    train(_config(epochs=3), tmp_path / "straight", progress_bar=False)
+    train(_config(epochs=2), tmp_path / "resumed", progress_bar=False)
+    summary = train(_config(epochs=3), tmp_path / "resumed", progress_bar=False, resume=True)
+    assert summary["epochs_run"] == 3
+    straight = load_trained(tmp_path / "straight")[0].state_dict()
+    resumed = load_trained(tmp_path / "resumed")[0].state_dict()
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="n_components"):
+        train(_config(epochs=4, n_components=3), tmp_path / "resumed", resume=True)
+
+
+def test_evaluation_leaves_the_global_generator_alone(mnist_batch):
+    model = build_model("vanilla", 2, **_small("vanilla"))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    evaluate_model(model, mnist_batch, n_samples_per_component=3, batch_size=6, seed=9)
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from scmixvae import MixSCVI
-from scmixvae.singlecell.safety import GeneMismatchError, TrainingDivergedError
+from scmixvae.guards import TrainingDivergedError
+from scmixvae.singlecell.safety import GeneMismatchError
 from scmixvae.singlecell.validation import CountDataError
 
 
@@ -266,3 +267,32 @@ def test_backed_anndata_trains_like_in_memory(tmp_path):
         elbos.append(float(model.get_elbo()))
     # scvi-tools draws minibatches from disk in another order: a comparable model, not equal
     assert elbos[1] == pytest.approx(elbos[0], rel=0.03)
+
+
+def test_a_saved_model_holds_no_data(tmp_path):
+    adata = _counts(n_cells=2000, n_genes=500)
+    model = _trained(adata, epochs=1, batch_key="batch")
+    model.save(tmp_path / "model")
+    saved = torch.load(tmp_path / "model" / "model.pt", map_location="cpu", weights_only=False)
+
+    def arrays(value, path="attr_dict"):
+        if isinstance(value, np.ndarray | sp.spmatrix | sp.sparray) and value.size > 1000:
+            yield path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from arrays(item, f"{path}[{key!r}]")
+
+    found = [path for path in arrays(saved["attr_dict"]) if not path.endswith("_indices_']")]
+    assert found == []  # the train/validation/test split indices aside, as SCVI saves them
+    setup_args = saved["attr_dict"]["registry_"]["setup_args"]
+    assert set(setup_args) == {
+        "layer",
+        "batch_key",
+        "labels_key",
+        "size_factor_key",
+        "categorical_covariate_keys",
+        "continuous_covariate_keys",
+    }
+    # the weights and the gene names only: far smaller than the counts (2,000 x 500)
+    counts_bytes = adata.layers["counts"].data.nbytes
+    assert (tmp_path / "model" / "model.pt").stat().st_size < counts_bytes

@@ -1,7 +1,6 @@
 """Real datasets: registry, verified local lookup / download, image and count loaders."""
 
 from .images import (
-    binarize_dynamic,
     binarize_static,
     load_binarized_mnist,
     load_mnist_like,
@@ -22,7 +21,6 @@ __all__ = [
     "COUNT_DATASETS",
     "ChecksumError",
     "DatasetNotFoundError",
-    "binarize_dynamic",
     "binarize_static",
     "dataset_files",
     "fetch",

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from .registry import dataset_files, fetch
 
@@ -102,10 +101,3 @@ def binarize_static(intensities: np.ndarray, seed: int = 0) -> np.ndarray:
     """One fixed Bernoulli draw per pixel, reproducible from ``seed`` (validation / test sets)."""
     rng = np.random.default_rng(seed)
     return (rng.random(intensities.shape, dtype=np.float32) < intensities).astype(np.float32)
-
-
-def binarize_dynamic(
-    intensities: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A fresh Bernoulli draw per pixel on every call (training batches)."""
-    return torch.bernoulli(intensities, generator=generator)

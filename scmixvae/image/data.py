@@ -109,13 +109,6 @@ class ImageDataModule(pl.LightningDataModule):
             collate_fn=_stack,
         )
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(
-            TensorDataset(torch.from_numpy(self.splits.test)),
-            batch_size=self.eval_batch_size,
-            collate_fn=_stack,
-        )
-
     @staticmethod
     def _binarize(items: list[tuple[torch.Tensor]]) -> torch.Tensor:
         return torch.bernoulli(_stack(items))

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
 from scmixvae.io import atomic_path
 from scmixvae.mixture import (
     DrawTerms,
@@ -88,11 +89,8 @@ class ImageVAEPlan(pl.LightningModule):
 
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         terms = self._terms(x, self.config.n_particles)
+        # a non-finite loss is caught by NonFiniteLossGuard, which restores the last good epoch
         loss = -bound(terms, self.objective, self._beta(), self.config.importance_weighted).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step}"
-            )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("beta", self._beta(), on_step=False, on_epoch=True)
         return loss
@@ -130,18 +128,32 @@ def train(
     progress_bar: bool = True,
     overwrite: bool = False,
     callbacks: list[pl.Callback] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train an image mixture VAE; write config, checkpoints, CSV logs and ``training.json``.
 
     ``callbacks`` are extra Lightning callbacks (timers, loggers, ...), run with the
-    checkpointing and early stopping that training always has.
+    checkpointing and early stopping that training always has. A NaN or infinite loss stops
+    training, restores the weights of the last complete epoch and raises
+    :class:`~scmixvae.guards.TrainingDivergedError`.
+
+    ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (weights,
+    optimiser, early-stopping state and random-number generators), for example after an
+    interruption or with a larger ``config.epochs``; every other setting must be the saved one.
 
     Returns
     -------
-    The training summary written to ``out_dir/training.json``.
+    The training summary written to ``out_dir/training.json`` (wall time and epochs summed over
+    resumed sessions).
     """
     out = Path(out_dir)
-    if (out / RESULT_FILE).exists() and not overwrite:
+    last = out / "checkpoints" / "last.ckpt"
+    previous: dict[str, Any] = {}
+    if resume:
+        _check_resumable(out, config)
+        if (out / RESULT_FILE).exists():
+            previous = json.loads((out / RESULT_FILE).read_text())
+    elif (out / RESULT_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a trained model; pass overwrite=True.")
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, verbose=False)
@@ -157,6 +169,7 @@ def train(
         dirpath=out / "checkpoints", monitor="val_loss", save_top_k=1, save_last=True,
         filename="best",
     )  # fmt: skip
+    guard = NonFiniteLossGuard()
     trainer = pl.Trainer(
         max_epochs=config.epochs,
         max_time={"minutes": config.max_minutes} if config.max_minutes else None,
@@ -165,6 +178,8 @@ def train(
         callbacks=[
             checkpoint,
             EarlyStopping(monitor="val_loss", patience=config.patience),
+            guard,
+            RNGStateCheckpoint(),
             *(callbacks or []),
         ],
         logger=CSVLogger(out, name="logs"),
@@ -173,12 +188,14 @@ def train(
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
     )
     start = time.perf_counter()
-    trainer.fit(plan, datamodule=data)
-    seconds = time.perf_counter() - start
+    trainer.fit(plan, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    guard.raise_if_diverged()
+    seconds = previous.get("wall_seconds", 0.0) + time.perf_counter() - start
     epochs_run = trainer.current_epoch
     summary = {
         "config": asdict(config),
         "epochs_run": epochs_run,
+        "stopped_early": epochs_run < config.epochs and not trainer.interrupted,
         "wall_seconds": seconds,
         "seconds_per_epoch": seconds / max(1, epochs_run),
         "best_val_loss": float(checkpoint.best_model_score)
@@ -190,6 +207,23 @@ def train(
     }
     _write_json(out / RESULT_FILE, summary)
     return summary
+
+
+# settings a resumed run may change: how long it trains
+RESUMABLE_CHANGES = ("epochs", "max_minutes", "patience")
+
+
+def _check_resumable(out: Path, config: ImageTrainConfig) -> None:
+    if not (out / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: there is no run to resume.")
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    wanted = asdict(config)
+    differ = sorted(k for k in wanted if k not in RESUMABLE_CHANGES and saved.get(k) != wanted[k])
+    if differ:
+        raise ValueError(
+            f"cannot resume {out}: settings differ from the saved run ({', '.join(differ)}); "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change."
+        )
 
 
 def load_trained(out_dir: str | os.PathLike) -> tuple[MixtureImageVAE, ImageTrainConfig]:
@@ -246,15 +280,17 @@ def evaluate_model(
     check_images(images)
     objective = validate_objective(objective)
     model.eval()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
     n_components = model.n_components
     chunk = max(1, max_draws_per_pass // (n_components * batch_size))
     tight, paper, bounds, divergences, usage = [], [], [], [], []
-    try:
+    # a seed of its own: the caller's random-number generators are left as they were
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size]
-            bound_sum, jsd_sum = torch.zeros(x.shape[0]), torch.zeros(x.shape[0])
+            x = images[start : start + batch_size].to(device)
+            bound_sum = torch.zeros(x.shape[0], device=device)
+            jsd_sum = torch.zeros(x.shape[0], device=device)
 
             def log_weight_fn(k: int, x: torch.Tensor = x) -> torch.Tensor:
                 nonlocal bound_sum, jsd_sum
@@ -269,9 +305,7 @@ def evaluate_model(
             usage.append(component_responsibilities(sums).T)
             bounds.append(bound_sum / n_samples_per_component)
             divergences.append(jsd_sum / n_samples_per_component)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    usage_mean = torch.cat(usage).mean(0)
+    usage_mean = torch.cat(usage).mean(0).cpu()
     return {
         "nll_mixture": -float(torch.cat(tight).mean()),
         "nll_per_component": -float(torch.cat(paper).mean()),
@@ -294,10 +328,16 @@ def evaluate(
     data_dir: str | os.PathLike | None = None,
     subset: int | None = None,
     seed: int = 0,
+    accelerator: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate a training directory on its test split; writes ``evaluation.json`` and ``.md``."""
+    """Evaluate a training directory on its test split; writes ``evaluation.json`` and ``.md``.
+
+    ``accelerator``: ``"auto"`` evaluates on a GPU when there is one, ``"cpu"`` on the CPU.
+    """
     out = Path(out_dir)
     model, config = load_trained(out)
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        model = model.to("cuda")
     splits = load_splits(config.dataset, data_dir, seed=config.seed, subset=config.subset)
     test = torch.from_numpy(splits.test[:subset] if subset else splits.test)
     start = time.perf_counter()

@@ -157,8 +157,7 @@ class StackedFCLayers(nn.Module):
         Input and output width.
     n_cat_list
         Number of categories of each categorical covariate, one-hot encoded (``1`` is ignored).
-    n_cont
-        Number of continuous covariates.
+        Continuous covariates are part of the input, as scVI's encoders take them.
     n_layers, n_hidden
         Depth and width.
     dropout_rate
@@ -177,7 +176,6 @@ class StackedFCLayers(nn.Module):
         n_in: int,
         n_out: int,
         n_cat_list: Iterable[int] | None = None,
-        n_cont: int = 0,
         n_layers: int = 1,
         n_hidden: int = 128,
         dropout_rate: float = 0.1,
@@ -191,7 +189,7 @@ class StackedFCLayers(nn.Module):
         super().__init__()
         self.inject_covariates = inject_covariates
         self.n_cat_list = [n if n > 1 else 0 for n in (n_cat_list or [])]
-        self.n_cov = n_cont + sum(self.n_cat_list)
+        self.n_cov = sum(self.n_cat_list)
         dims = [n_in] + (n_layers - 1) * [n_hidden] + [n_out]
         self.layers = nn.ModuleList(
             StackedLayer(
@@ -211,14 +209,12 @@ class StackedFCLayers(nn.Module):
     def _inject_into_layer(self, layer_index: int) -> bool:
         return layer_index == 0 or self.inject_covariates
 
-    def _covariates(
-        self, cat_list: tuple[torch.Tensor | None, ...], cont: torch.Tensor | None
-    ) -> torch.Tensor | None:
+    def _covariates(self, cat_list: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
         if len(self.n_cat_list) > len(cat_list):
             raise ValueError(
                 f"expected {len(self.n_cat_list)} categorical covariates, got {len(cat_list)}."
             )
-        covs = [cont] if cont is not None else []
+        covs = []
         for n_cat, cat in zip(self.n_cat_list, cat_list, strict=False):
             if n_cat == 0:
                 continue
@@ -231,12 +227,7 @@ class StackedFCLayers(nn.Module):
             return None
         return torch.cat([c.float() for c in covs], dim=-1)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        *cat_list: torch.Tensor | None,
-        cont: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *cat_list: torch.Tensor | None) -> torch.Tensor:
         """Run all ``S`` networks.
 
         Parameters
@@ -245,14 +236,12 @@ class StackedFCLayers(nn.Module):
             Shared input ``[B, n_in]``.
         *cat_list
             Category indices ``[B, 1]`` (or one-hot ``[B, n_cat]``) per categorical covariate.
-        cont
-            Continuous covariates ``[B, n_cont]``.
 
         Returns
         -------
         ``[B, S, n_out]``.
         """
-        cov = self._covariates(cat_list, cont)
+        cov = self._covariates(cat_list)
         for i, layer in enumerate(self.layers):
             if cov is not None and self._inject_into_layer(i):
                 c = cov.to(x.dtype)
@@ -329,11 +318,9 @@ class StackedEncoder(nn.Module):
         self.mean_encoder = StackedLinear(n_components, n_hidden, n_output)
         self.var_encoder = StackedLinear(n_components, n_hidden, n_output)
 
-    def forward(
-        self, x: torch.Tensor, *cat_list: torch.Tensor | None, cont: torch.Tensor | None = None
-    ) -> MixtureNormal:
+    def forward(self, x: torch.Tensor, *cat_list: torch.Tensor | None) -> MixtureNormal:
         """Encode ``x`` ``[B, n_input]`` into the mixture ``[S, B, D]``."""
-        hidden = self.encoder(x, *cat_list, cont=cont)
+        hidden = self.encoder(x, *cat_list)
         loc = self.mean_encoder(hidden)
         var = self.var_activation(self.var_encoder(hidden)) + self.var_eps
         return MixtureNormal(loc.transpose(0, 1), var.sqrt().transpose(0, 1))

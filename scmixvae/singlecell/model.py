@@ -33,6 +33,7 @@ from scvi.model.base import (
 from scvi.module._constants import MODULE_KEYS
 from scvi.utils import setup_anndata_dsp
 
+from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
 from scmixvae.mixture import (
     MixtureNormal,
     NLLEstimator,
@@ -51,13 +52,7 @@ from .importance import (
     standard_normal_log_prob,
 )
 from .module import MixVAE, mixture_from_flat, validate_mixture_options
-from .safety import (
-    NonFiniteLossGuard,
-    RNGStateCheckpoint,
-    TrainingDivergedError,
-    atomic_save_dir,
-    check_same_genes,
-)
+from .safety import atomic_save_dir, check_same_genes
 from .validation import check_counts, warn_empty_cells_and_genes
 
 logger = logging.getLogger(__name__)
@@ -323,7 +318,7 @@ class MixSCVI(
         Two guards are added: checkpoints also hold the random-number generators, so a resumed
         run continues exactly as the uninterrupted one would; and a NaN or infinite loss stops
         training, restores the weights of the last complete epoch and raises
-        :class:`~scmixvae.singlecell.safety.TrainingDivergedError`.
+        :class:`~scmixvae.guards.TrainingDivergedError`.
         """
         if self.minified_data_type is not None:
             raise ValueError(
@@ -335,13 +330,7 @@ class MixSCVI(
         callbacks = _compat.with_checkpoint_support(list(callbacks or []))
         callbacks += [guard, RNGStateCheckpoint()]
         result = super().train(*args, callbacks=callbacks, **kwargs)
-        if guard.failure is not None:
-            epoch, step = guard.failure
-            raise TrainingDivergedError(
-                f"the training loss became NaN or infinite in epoch {epoch} (step {step}); "
-                f"training stopped and the weights at the end of epoch {guard.good_epoch} were "
-                "restored. Lower the learning rate (plan_kwargs={'lr': ...}) or check the input."
-            )
+        guard.raise_if_diverged()
         return result
 
     def save(

@@ -1,27 +1,23 @@
-"""Guards that keep a user's model and files intact: gene checks, atomic saves, NaN recovery."""
+"""Guards that keep a user's model and files intact: gene checks and atomic saves.
+
+The training guards (NaN recovery, random-number state in checkpoints) are in
+:mod:`scmixvae.guards`, shared with the image models.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from lightning.pytorch.callbacks import Callback
 
 
 class GeneMismatchError(ValueError):
     """The AnnData's genes are not the ones (in the order) the model was trained on."""
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite; the last good weights were restored."""
 
 
 def check_same_genes(expected: Sequence[str], given: Sequence[str], what: str) -> None:
@@ -69,64 +65,3 @@ def atomic_save_dir(save_fn, dir_path: str | os.PathLike, overwrite: bool) -> No
             os.replace(file, target / file.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-class NonFiniteLossGuard(Callback):
-    """Stop training at the first NaN/inf loss and restore the weights of the last good epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.good_state: dict[str, torch.Tensor] | None = None
-        self.good_epoch: int = 0
-        self.failure: tuple[int, int] | None = None
-
-    def _snapshot(self, pl_module) -> None:
-        self.good_state = {k: v.detach().clone() for k, v in pl_module.module.state_dict().items()}
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._snapshot(pl_module)
-        self.good_epoch = trainer.current_epoch
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.failure is None:
-            self._snapshot(pl_module)
-            self.good_epoch = trainer.current_epoch + 1
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.failure is None and loss is not None and not torch.isfinite(loss).all():
-            self.failure = (trainer.current_epoch + 1, trainer.global_step)
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.failure is not None and self.good_state is not None:
-            pl_module.module.load_state_dict(self.good_state)
-
-
-class RNGStateCheckpoint(Callback):
-    """Save the random-number generators in checkpoints and restore them on resume.
-
-    Lightning restores weights, optimiser and epoch but not the generators that shuffle
-    minibatches and drive dropout and sampling; with them a resumed run continues exactly as
-    the uninterrupted one would.
-    """
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # plain types and tensors only: Lightning loads checkpoints with weights_only=True
-        name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-            "python": random.getstate(),
-        }
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states")
-        if states is None:
-            return
-        torch.set_rng_state(states["torch"])
-        name, keys, position, has_gauss, cached = states["numpy"]
-        np.random.set_state(  # noqa: NPY002
-            (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
-        )
-        random.setstate(states["python"])
