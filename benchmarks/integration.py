@@ -162,11 +162,13 @@ def train_embedding(spec: ModelSpec, adata, batch_key: str, seed: int, args) -> 
     return model.get_latent_representation(), row
 
 
-def run_task(task: str, args) -> dict:
-    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict]]:
+    """Every method's embedding in ``adata.obsm``; trained ones reused with ``--resume``.
 
-    batch_key, label_key = TASKS[task]
-    adata = prepare(task, args)
+    Returns the embedding keys and the training runs' facts.
+    """
+    train = train or train_embedding
+    batch_key = TASKS[task][0]
     progress = args.out / ".progress" / f"integration_{task}"
     progress.mkdir(parents=True, exist_ok=True)
     adata.obsm["PCA"] = adata.obsm["X_pca"]
@@ -180,7 +182,7 @@ def run_task(task: str, args) -> dict:
                 latent = np.load(stem.with_suffix(".npy"))
                 row = json.loads(stem.with_suffix(".json").read_text())
             else:
-                latent, row = train_embedding(spec, adata, batch_key, seed, args)
+                latent, row = train(spec, adata, batch_key, seed, args)
                 with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as fh:
                     np.save(fh, latent)
                 with atomic_path(stem.with_suffix(".json")) as tmp:
@@ -189,7 +191,15 @@ def run_task(task: str, args) -> dict:
             adata.obsm[key] = latent
             keys.append(key)
             runs.append(row)
+    return keys, runs
 
+
+def run_task(task: str, args) -> dict:
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    batch_key, label_key = TASKS[task]
+    adata = prepare(task, args)
+    keys, runs = embed(task, adata, args)
     bio = BioConservation() if label_key else None
     benchmarker = Benchmarker(
         adata,
@@ -257,7 +267,7 @@ def report_lines(task, adata, scores, by_method, runs, args) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", nargs="+", choices=list(TASKS), default=["sorted_pbmc"])
     parser.add_argument("--models", nargs="+", default=["scvi", "S5", "S50:shared:A1"])
@@ -270,7 +280,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--efficiency-sigma", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="reuse trained embeddings")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     return [run_task(task, args) for task in args.task]
 
 

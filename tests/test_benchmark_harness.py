@@ -129,3 +129,61 @@ def test_model_codes_are_checked():
         ModelSpec.parse("vae")
     assert ModelSpec.parse("S50:shared:A1").name == "MixSCVI(S=50, shared, A=1)"
     assert model_family("MixSCVI(S=50, shared, A=1)") == "shared, A=1"
+
+
+def test_image_cost_harness(tmp_path, data_dir):
+    from benchmarks import image_cost
+
+    rows = image_cost.main(["--models", "S1", "S3:shared:A1", "--subset", "200", "--epochs",
+                            "2", "--out", str(tmp_path)])  # fmt: skip
+    assert [r["model"] for r in rows] == ["S=1", "S=3, shared, A=1"]
+    assert rows[0]["time_vs_s1"] == 1.0 and rows[1]["seconds_per_epoch"] > 0
+    assert "| S=3, shared, A=1 |" in (tmp_path / "image_cost_vanilla.md").read_text()
+    # repeats: the fastest one is reported, every one listed
+    specs = [image_cost.ModelSpec.parse(c) for c in ("S1", "S2")]
+    runs = [{"code": c, "model": c, "seconds_per_epoch": t, "n_parameters": 1}
+            for c, t in (("S1", 2.0), ("S2", 5.0), ("S1", 1.0), ("S2", 4.0))]  # fmt: skip
+    summary = image_cost.summarise(runs, specs)
+    assert [r["seconds_per_epoch"] for r in summary] == [1.0, 4.0]
+    assert summary[1]["time_vs_s1"] == 4.0 and summary[1]["repeat_seconds_per_epoch"] == [5, 4]
+
+
+def test_integration_harness(tmp_path, data_dir):
+    pytest.importorskip("scib_metrics")
+    from benchmarks import integration
+
+    args = ["--task", "sorted_pbmc", "--models", "scvi", "S3:shared:A1", "--seeds", "0",
+            "--max-epochs", "2", "--max-cells", "1000", "--n-genes", "300",
+            "--out", str(tmp_path)]  # fmt: skip
+    (payload,) = integration.main(args)
+    methods = {key.split(" seed ")[0] for key in payload["per_embedding"]}
+    assert methods == {"PCA", "Harmony", "SCVI", "MixSCVI(S=3, shared, A=1)"}
+    for scores in payload["per_embedding"].values():
+        assert 0 <= scores["Batch correction"] <= 1 and 0 <= scores["Bio conservation"] <= 1
+    assert (tmp_path / "integration_sorted_pbmc.png").stat().st_size > 0
+    # resumed: the trained embeddings are reused, not retrained
+    parsed = integration.build_parser().parse_args([*args, "--resume"])
+    adata = integration.prepare("sorted_pbmc", parsed)
+
+    def no_training(*_):
+        raise AssertionError("a finished embedding was trained again")
+
+    keys, runs = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
+    assert runs == payload["runs"] and len(keys) == 4
+
+
+def test_the_simulated_batch_thins_counts_as_documented():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from benchmarks.integration import simulate_technical_batch
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(20.0, size=(400, 300)).astype(np.float32))
+    thinned, efficiency = simulate_technical_batch(counts, 0.5, 0.5, np.random.default_rng(1))
+    assert np.all(thinned.data == np.round(thinned.data)) and thinned.data.min() >= 1
+    assert (thinned.toarray() <= counts.toarray()).all()
+    assert efficiency.max() <= 1 and 0.4 < np.mean(efficiency == 1) < 0.6  # capped half
+    expected = 0.5 * counts.sum(0).A1 * efficiency
+    assert np.allclose(thinned.sum(0).A1, expected, rtol=0.15)  # E = depth * e_g * n
+    assert abs(thinned.sum() / counts.sum() - 0.5 * efficiency.mean()) < 0.01

@@ -711,8 +711,8 @@ class MixSCVI(
         -------
         The mean over cells as a :class:`numpy.float64` (higher is better), as SCVI, or a tensor
         per cell with ``return_mean=False``. Unlike scvi-tools 1.4, the mean is over cells, not
-        over minibatch means. Its cost grows with cells x ``n_mc_samples`` decoder passes:
-        about 4 ms per 1,000 cell-samples of 2,000 genes on 2 CPU cores.
+        over minibatch means. It decodes ``n_mc_samples`` draws per cell: on large data, pass
+        ``indices`` (a subset of cells) for a quick estimate.
         """
         self.module.eval()
         per_cell = super().get_marginal_ll(
