@@ -574,7 +574,8 @@ class MixSCVI(
             decoder passes per cell. ``"means"``: the components' posterior probabilities at the
             cell's mixture mean, :math:`q_s(\bar z) / \sum_j q_j(\bar z)`, in closed form with no
             decoding (seconds for 10^4 cells): which component covers the cell's consensus
-            latent position.
+            latent position. The two answer different questions and often name different
+            dominant components.
         n_samples_per_component
             Importance samples drawn from each component per cell (``"importance"`` only).
 
