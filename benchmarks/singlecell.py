@@ -236,6 +236,7 @@ def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for model, row in summary.iterrows():
         cells = [
+            "–" if np.isnan(row[c]) else
             f"{row[c]:.3f} (1 seed)" if np.isnan(row[c + "_std"]) else
             f"{row[c]:.3f} ± {row[c + '_std']:.3f}"
             for c in columns
