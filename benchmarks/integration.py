@@ -280,11 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--efficiency-sigma", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="reuse trained embeddings")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return [run_task(task, args) for task in args.task]
 
 

@@ -187,3 +187,20 @@ def test_the_simulated_batch_thins_counts_as_documented():
     expected = 0.5 * counts.sum(0).A1 * efficiency
     assert np.allclose(thinned.sum(0).A1, expected, rtol=0.15)  # E = depth * e_g * n
     assert abs(thinned.sum() / counts.sum() - 0.5 * efficiency.mean()) < 0.01
+
+
+def test_image_nll_harness_and_resume(tmp_path, data_dir):
+    from benchmarks import image_nll_vs_s
+
+    args = ["--models", "S1", "S3:shared:A1", "--epochs", "1", "--warmup-epochs", "1",
+            "--subset", "200", "--test-subset", "20", "--total-samples", "6",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), "--resume"]  # fmt: skip
+    first = image_nll_vs_s.main(args)
+    rows = {r["model"]: r for r in first["rows"]}
+    assert rows["S=3, shared, A=1"]["samples_per_component"] == 2  # 6 samples split over S
+    assert rows["S=1"]["samples_per_component"] == 6
+    assert all(r["test_nll_mixture"] <= r["negative_bound"] for r in first["rows"])
+    stamp = (tmp_path / "runs" / "vanilla_mnist_S3_shared_A1" / "evaluation.json").stat()
+    again = image_nll_vs_s.main(args)  # nothing trained or evaluated again
+    assert again["rows"] == first["rows"]
+    assert stamp == (tmp_path / "runs" / "vanilla_mnist_S3_shared_A1" / "evaluation.json").stat()
