@@ -113,8 +113,10 @@ def cluster_metrics(x: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, f
 class HeldoutCurve(pl.Callback):
     """Held-out log p(x) every ``every`` epochs against the training time spent so far.
 
-    The evaluation's own time is not counted, and the random-number generator is restored
-    after each evaluation, so the training trajectory is the one of a run without the curve.
+    The evaluation's own time is not counted; it runs in eval mode (scvi-tools' SCVI does not
+    switch to it by itself: batch normalisation would learn the test cells' statistics) and the
+    random-number generator is restored after it, so the training trajectory is the one of a
+    run without the curve (tested).
     """
 
     def __init__(self, model, adata, indices: np.ndarray, every: int, n_mc_samples: int):
@@ -136,6 +138,7 @@ class HeldoutCurve(pl.Callback):
         self.train_seconds += start - self._mark
         rng = torch.get_rng_state()
         was_training = self.model.module.training
+        self.model.module.eval()
         per_cell = self.model.get_marginal_ll(
             self.adata, indices=self.indices, n_mc_samples=self.n_mc_samples, return_mean=False
         )

@@ -204,3 +204,23 @@ def test_image_nll_harness_and_resume(tmp_path, data_dir):
     again = image_nll_vs_s.main(args)  # nothing trained or evaluated again
     assert again["rows"] == first["rows"]
     assert stamp == (tmp_path / "runs" / "vanilla_mnist_S3_shared_A1" / "evaluation.json").stat()
+
+
+def test_the_likelihood_curve_leaves_training_unchanged(data_dir):
+    import argparse
+
+    import numpy as np
+
+    from benchmarks.singlecell import prepare, run_one
+
+    adata, split = prepare("sorted_pbmc", 100, 0, max_cells=300)
+    histories = []
+    for curve_models in (None, ["scvi"]):
+        args = argparse.Namespace(
+            max_epochs=6, batch_size=64, kl_warmup_epochs=2, patience=20, n_mc_samples=0,
+            ll_seeds=None, curve_models=curve_models, curve_every=2, curve_samples=5,
+        )  # fmt: skip
+        row, model = run_one(ModelSpec.parse("scvi"), adata, split, 0, args)
+        histories.append(model.history["elbo_validation"].to_numpy(dtype=float).ravel())
+    assert len(row["ll_curve"]) == 4  # epochs 1, 2, 4, 6
+    np.testing.assert_array_equal(histories[0], histories[1])
