@@ -106,7 +106,7 @@ def test_read_idx_rejects_truncated_payload(tmp_path):
 @pytest.mark.parametrize(
     ("matrix", "message"),
     [
-        (np.array([[1.0, 2.5]]), "non-integer"),
+        (np.array([[1.5, 2.5]]), "not whole numbers"),
         (np.array([[1.0, np.nan]]), "NaN"),
         (sp.csr_matrix(np.array([[1.0, -2.0]])), "negative"),
         (np.zeros((0, 3)), "empty"),
