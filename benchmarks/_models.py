@@ -24,17 +24,20 @@ class ModelSpec:
     shared_encoder: bool = False
     n_sampled_components: int | None = None
 
+    def _settings(self, equals: str) -> list[str]:
+        parts = [f"S{equals}{self.n_components}"]
+        if self.objective != "miselbo":
+            parts.append(self.objective)
+        if self.shared_encoder:
+            parts.append("shared")
+        if self.n_sampled_components is not None:
+            parts.append(f"A{equals}{self.n_sampled_components}")
+        return parts
+
     @property
     def label(self) -> str:
         """The mixture's settings, e.g. ``S=50, shared, A=1``."""
-        notes = [f"S={self.n_components}"]
-        if self.objective != "miselbo":
-            notes.append(self.objective)
-        if self.shared_encoder:
-            notes.append("shared")
-        if self.n_sampled_components is not None:
-            notes.append(f"A={self.n_sampled_components}")
-        return ", ".join(notes)
+        return ", ".join(self._settings("="))
 
     @property
     def name(self) -> str:
@@ -44,16 +47,7 @@ class ModelSpec:
     @property
     def code(self) -> str:
         """The command-line spelling (inverse of :meth:`parse`)."""
-        if self.kind == "scvi":
-            return "scvi"
-        parts = [f"S{self.n_components}"]
-        if self.objective != "miselbo":
-            parts.append(self.objective)
-        if self.shared_encoder:
-            parts.append("shared")
-        if self.n_sampled_components is not None:
-            parts.append(f"A{self.n_sampled_components}")
-        return ":".join(parts)
+        return "scvi" if self.kind == "scvi" else ":".join(self._settings(""))
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:

@@ -30,7 +30,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ import numpy as np
 from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
 from ._models import ModelSpec
 from ._report import write_report
+from ._timing import EpochTimer
 from .scale import synthetic_counts
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,18 +45,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:
     """Train one model on ``n_cells`` synthetic cells and measure it (runs in a child process)."""
-    import lightning.pytorch as pl
     import scvi
-
-    class EpochTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
 
     scvi.settings.seed = 0
     adata = synthetic_counts(n_cells, args.genes)

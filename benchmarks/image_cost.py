@@ -23,31 +23,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from ._models import ModelSpec
 from ._report import write_report
+from ._timing import EpochTimer
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
     """Train one configuration and time its epochs (runs in a child process)."""
-    import lightning.pytorch as pl
     import torch
 
     from scmixvae.image.training import ImageTrainConfig, train
-
-    class EpochTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
 
     config = ImageTrainConfig(
         architecture=args.arch, dataset=args.dataset, n_components=spec.n_components,
