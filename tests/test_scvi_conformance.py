@@ -292,3 +292,25 @@ def test_counts_only_options_are_refused_with_a_reason():
     model = MixSCVI(adata, extra_encoder_kwargs={"var_eps": 0.5, "activation_fn": torch.nn.ELU})
     assert model.module.z_encoder.var_eps == 0.5  # honoured, not silently dropped
     assert any(isinstance(m, torch.nn.ELU) for m in model.module.z_encoder.modules())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dispersion": "gene-batch"},
+        {"dispersion": "gene-label"},
+        {"dispersion": "gene-cell", "gene_likelihood": "nb"},
+        {"use_observed_lib_size": False, "gene_likelihood": "poisson"},
+        {"use_batch_norm": "none", "use_layer_norm": "both", "deeply_inject_covariates": False},
+        {"encode_covariates": True, "n_layers": 2, "extra_decoder_kwargs": {"bias": False}},
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_scvi_options_work_alike(options):
+    results = {}
+    for cls in (scvi.model.SCVI, MixSCVI):
+        model = _trained(cls, epochs=1, **options)
+        results[cls] = (model.get_latent_representation(), model.get_elbo(),
+                        model.get_normalized_expression(n_samples=2))  # fmt: skip
+    assert _structure(results[MixSCVI]) == _structure(results[scvi.model.SCVI])
+    assert np.isfinite(float(results[MixSCVI][1]))
