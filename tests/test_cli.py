@@ -97,7 +97,7 @@ def test_bad_inputs_exit_with_a_message(small_h5ad, tmp_path, capsys):
 
 
 def test_fit_on_ten_thousand_cells_keeps_every_gene(tmp_path, capsys):
-    """Past ~9,000 cells scanpy's kNN takes the pynndescent path that once crashed."""
+    """From 8,192 cells on scanpy's kNN takes the pynndescent path that once crashed."""
     rng = np.random.default_rng(0)
     n_cells, n_genes = 10_000, 300
     counts = rng.poisson(rng.gamma(0.5, 2.0, size=n_genes), size=(n_cells, n_genes))
