@@ -200,3 +200,26 @@ def test_options_survive_save_and_load(tmp_path):
         loaded.get_latent_representation(component="all"),
         model.get_latent_representation(component="all"),
     )
+
+
+def test_importance_weighted_loss_with_a_latent_library():
+    adata = _counts()
+    MixSCVI.setup_anndata(adata, batch_key="batch")
+    torch.manual_seed(0)
+    model = MixSCVI(adata, n_components=3, n_particles=4, importance_weighted=True,
+                    use_observed_lib_size=False)  # fmt: skip
+    module = model.module.eval()
+    tensors = _minibatch(model, adata)
+    torch.manual_seed(2)
+    inference, generative, loss = module(tensors, loss_kwargs={"kl_weight": 0.5})
+    qz, z, x = inference["qz"], inference["untran_z"], tensors["X"]
+    assert z.shape == (4, 3, adata.n_obs, 10)
+    log_px_z = generative["px"].log_prob(x.repeat(12, 1)).sum(-1).view(4, 3, -1)
+    library = inference["library"]  # [L, S, B, 1]: one library draw per latent draw
+    prior = module._library_prior(tensors["batch"])
+    log_lib = (prior.log_prob(library) - inference["ql"].log_prob(library)).sum(-1)
+    log_w = log_px_z + log_lib + 0.5 * (Normal(0.0, 1.0).log_prob(z).sum(-1) - qz.log_prob(z))
+    expected = -(torch.logsumexp(log_w, 0) - math.log(4)).mean(0).mean()
+    torch.testing.assert_close(loss.loss, expected, rtol=1e-5, atol=1e-3)
+    # the importance-weighted bound is above the averaged one on the same draws
+    assert loss.loss < -log_w.mean((0, 1)).mean()

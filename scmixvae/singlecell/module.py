@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -97,9 +98,7 @@ def mixture_from_flat(loc: torch.Tensor, var: torch.Tensor, n_components: int) -
             f"{n_components}: it was not written by this model's minify_adata."
         )
     shape = (n_obs, n_components, width // n_components)
-    return MixtureNormal(
-        loc.reshape(shape).transpose(0, 1), var.reshape(shape).transpose(0, 1).sqrt()
-    )
+    return MixtureNormal(cell_loc=loc.reshape(shape), cell_scale=var.reshape(shape).sqrt())
 
 
 def _cell_chunks(tensors: dict[str, torch.Tensor], n_chunk: int) -> Iterator[dict]:
@@ -426,7 +425,6 @@ class MixVAE(VAE):
             y=per_draw(y),
             transform_batch=transform_batch,
         )
-        outputs[MODULE_KEYS.PZ_KEY] = Normal(torch.zeros_like(z), torch.ones_like(z))
         return outputs
 
     # loss ------------------------------------------------------------------------------------
@@ -494,18 +492,23 @@ class MixVAE(VAE):
         the draws; their sum is the negative bound, so scvi-tools' ``get_elbo`` returns it.
         """
         importance_weighted = self.importance_weighted and self.n_particles > 1
-        terms = self.draw_terms(
-            tensors, inference_outputs, generative_outputs, include_library=importance_weighted
-        )
-        if importance_weighted or self.use_observed_lib_size:
-            kl_l = torch.zeros(terms.component.shape[-1], device=terms.log_q_mix.device)
-        else:  # one library encoder for all components: closed form, as scVI
-            kl_l = kl_divergence(
-                inference_outputs[MODULE_KEYS.QL_KEY],
-                self._library_prior(tensors[REGISTRY_KEYS.BATCH_KEY]),
-            ).sum(-1)
-        z_bound = bound(terms, self.objective, kl_weight, importance_weighted)
-        loss = torch.mean(kl_l - z_bound)
+        terms = self.draw_terms(tensors, inference_outputs, generative_outputs)
+        if importance_weighted:  # the latent library's log-ratio joins every importance weight
+            library_ratio = self._log_library_ratio(
+                inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY]
+            )
+            weighted = replace(terms, log_px_z=terms.log_px_z + library_ratio)
+            loss = -bound(weighted, self.objective, kl_weight, importance_weighted=True).mean()
+            kl_l = torch.zeros_like(library_ratio[0, 0])
+        else:
+            if self.use_observed_lib_size:
+                kl_l = torch.zeros(terms.component.shape[-1], device=terms.log_q_mix.device)
+            else:  # one library encoder for all components: closed form, as scVI
+                kl_l = kl_divergence(
+                    inference_outputs[MODULE_KEYS.QL_KEY],
+                    self._library_prior(tensors[REGISTRY_KEYS.BATCH_KEY]),
+                ).sum(-1)
+            loss = torch.mean(kl_l - bound(terms, self.objective, kl_weight))
         extra_metrics = {}
         # scvi-tools 1.4 logs extra metrics under inference_mode, which breaks the metric sync
         # of multi-process (DDP) training; the JSD stays available there via the model methods
@@ -517,8 +520,6 @@ class MixVAE(VAE):
                 "batch": tensors[REGISTRY_KEYS.BATCH_KEY],
                 "labels": tensors[REGISTRY_KEYS.LABELS_KEY],
             })  # fmt: skip
-        if importance_weighted:  # reported terms stay the likelihood alone
-            terms = self.draw_terms(tensors, inference_outputs, generative_outputs)
         return LossOutput(
             loss=loss,
             reconstruction_loss=-terms.log_px_z.mean((0, 1)),
