@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,3 +18,8 @@ def write_report(stem: Path, payload: Any, lines: list[str]) -> None:
         tmp.write_text(json.dumps(payload, indent=2, default=str))
     with atomic_path(stem.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The shell command that ran ``module`` with ``argv`` (``None``: this process's arguments)."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)

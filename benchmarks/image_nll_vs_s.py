@@ -33,7 +33,7 @@ from scmixvae.image.training import ImageTrainConfig, evaluate, train
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
-from ._report import write_report
+from ._report import command_line, write_report
 
 HERE = Path(__file__).parent
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "importance_samples": f"{args.total_samples} per test image in total, split over S "
         "components; NLL in nats",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
-        "command": "python -m benchmarks.image_nll_vs_s " + " ".join(argv or []),
+        "command": command_line("benchmarks.image_nll_vs_s", argv),
         "rows": rows,
     }
     stem = args.out / (args.stem or f"image_{args.arch}_{args.dataset}")

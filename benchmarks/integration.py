@@ -59,7 +59,7 @@ from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
-from ._report import write_report
+from ._report import command_line, write_report
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = {"sorted_pbmc": ("batch", "cell_type"), "kang_ifnb": ("condition", None)}
@@ -250,6 +250,8 @@ def report_lines(task, adata, scores, by_method, runs, args) -> list[str]:
         "stopping (patience 20) on 10 % of the cells, 20-epoch KL warm-up, batch 512. Scores "
         "from scib-metrics (not min-max scaled; higher is better), mean ± std over seeds.",
         "",
+        f"Command: `{args.command}`",
+        "",
         "| method | " + " | ".join(columns) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    args.command = command_line("benchmarks.integration", argv)
     if args.threads:
         import torch
 

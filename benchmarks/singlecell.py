@@ -52,7 +52,7 @@ from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
-from ._report import write_report
+from ._report import command_line, write_report
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ["kmeans_ari", "kmeans_nmi", "silhouette", "svm_accuracy", "leiden_ari", "leiden_nmi"]
@@ -437,6 +437,8 @@ def run_dataset(dataset: str, args) -> dict:
         + f", batch {args.batch_size}, Adam lr 1e-3, KL warm-up over {args.kl_warmup_epochs} "
         "epochs (linear, from 0 to 1).",
         "",
+        f"Command: `{args.command}`",
+        "",
         "## Features: posterior mean",
         "",
         *_table(summary, [f"{m}_mean" for m in METRICS]),
@@ -535,6 +537,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--replot", type=Path, nargs="+", default=None, help="redraw metric plots from JSON"
     )
     args = parser.parse_args(argv)
+    args.command = command_line("benchmarks.singlecell", argv)
     if args.replot:
         for path in args.replot:
             payload = json.loads(path.read_text())

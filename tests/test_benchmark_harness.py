@@ -33,6 +33,8 @@ def test_harness_end_to_end(tmp_path, data_dir):
     mixture = saved["summary"]["MixSCVI(S=2)"]
     difference = mixture["heldout_marginal_ll"] - saved["summary"]["SCVI"]["heldout_marginal_ll"]
     assert math.isclose(mixture["heldout_ll_minus_scvi"], difference, rel_tol=1e-9)
+    command = f"python -m benchmarks.singlecell {' '.join(TINY)} --out {tmp_path}"
+    assert f"Command: `{command}`" in (tmp_path / "singlecell_sorted_pbmc.md").read_text()
     markdown = (tmp_path / "singlecell_sorted_pbmc.md").read_text()
     assert "| MixSCVI(S=2, ensemble) |" in markdown and "kmeans_ari_mean" in markdown
     assert (tmp_path / "singlecell_sorted_pbmc_metrics.png").stat().st_size > 0
@@ -161,6 +163,8 @@ def test_integration_harness(tmp_path, data_dir):
     for scores in payload["per_embedding"].values():
         assert 0 <= scores["Batch correction"] <= 1 and 0 <= scores["Bio conservation"] <= 1
     assert (tmp_path / "integration_sorted_pbmc.png").stat().st_size > 0
+    report = (tmp_path / "integration_sorted_pbmc.md").read_text()
+    assert f"Command: `python -m benchmarks.integration {' '.join(args)}`" in report
     # resumed: the trained embeddings are reused, not retrained
     parsed = integration.build_parser().parse_args([*args, "--resume"])
     adata = integration.prepare("sorted_pbmc", parsed)
