@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from scmixvae.mixture import DEFAULT_OBJECTIVE
+
 # the architecture of every benchmark (the method's paper: n_latent 10, n_hidden 128, ZINB)
 ARCHITECTURE = {"n_latent": 10, "n_hidden": 128, "gene_likelihood": "zinb"}
 
@@ -20,13 +22,13 @@ class ModelSpec:
 
     kind: str  # "scvi" or "mixscvi"
     n_components: int = 1
-    objective: str = "miselbo"
+    objective: str = DEFAULT_OBJECTIVE
     shared_encoder: bool = False
     n_sampled_components: int | None = None
 
     def _settings(self, equals: str) -> list[str]:
         parts = [f"S{equals}{self.n_components}"]
-        if self.objective != "miselbo":
+        if self.objective != DEFAULT_OBJECTIVE:
             parts.append(self.objective)
         if self.shared_encoder:
             parts.append("shared")

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
 from scmixvae.io import atomic_path
 from scmixvae.mixture import (
+    DEFAULT_OBJECTIVE,
     DrawTerms,
     Objective,
     accumulate_log_weights,
@@ -48,7 +49,7 @@ class ImageTrainConfig:
     architecture: str = "vanilla"
     dataset: str = "mnist"
     n_components: int = 1
-    objective: Objective = "miselbo"
+    objective: Objective = DEFAULT_OBJECTIVE
     shared_encoder: bool = False
     n_sampled_components: int | None = None
     n_particles: int = 1
@@ -110,7 +111,7 @@ def _mixture_options(config: ImageTrainConfig) -> str:
     notes = ["shared encoder"] if config.shared_encoder else []
     if config.n_sampled_components is not None:
         notes.append(f"A={config.n_sampled_components}")
-    if config.objective != "miselbo":
+    if config.objective != DEFAULT_OBJECTIVE:
         notes.append(config.objective)
     return f" ({', '.join(notes)})" if notes else ""
 
@@ -252,7 +253,7 @@ def evaluate_model(
     batch_size: int = 100,
     max_draws_per_pass: int = 20_000,
     seed: int = 0,
-    objective: Objective = "miselbo",
+    objective: Objective = DEFAULT_OBJECTIVE,
 ) -> dict[str, Any]:
     """Importance-sampled test NLL (both estimators), bound, JSD and component usage.
 

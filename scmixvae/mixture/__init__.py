@@ -8,6 +8,7 @@ network serve every component.
 
 from .amortized import ComponentCodedLinear
 from .bounds import (
+    DEFAULT_OBJECTIVE,
     OBJECTIVES,
     DrawTerms,
     NLLEstimator,
@@ -32,6 +33,7 @@ from .stacked_encoder import (
 )
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
     "ComponentCodedLinear",
     "DrawTerms",

@@ -35,6 +35,7 @@ from scvi.utils import setup_anndata_dsp
 
 from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
 from scmixvae.mixture import (
+    DEFAULT_OBJECTIVE,
     MixtureNormal,
     NLLEstimator,
     Objective,
@@ -135,7 +136,7 @@ class MixSCVI(
         adata: AnnData | None = None,
         registry: dict | None = None,
         n_components: int = 5,
-        objective: Objective = "miselbo",
+        objective: Objective = DEFAULT_OBJECTIVE,
         shared_encoder: bool = False,
         n_sampled_components: int | None = None,
         n_particles: int = 1,

@@ -16,6 +16,7 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch.distributions import Distribution, Normal, kl_divergence
 
 from scmixvae.mixture import (
+    DEFAULT_OBJECTIVE,
     DrawTerms,
     MixtureNormal,
     NLLEstimator,
@@ -165,7 +166,7 @@ class MixVAE(VAE):
         self,
         n_input: int,
         n_components: int = 5,
-        objective: Objective = "miselbo",
+        objective: Objective = DEFAULT_OBJECTIVE,
         shared_encoder: bool = False,
         n_sampled_components: int | None = None,
         n_particles: int = 1,
