@@ -101,6 +101,38 @@ def test_all_sampled_components_is_the_stratified_bound(mnist_batch, architectur
         torch.testing.assert_close(bound(stratified, "miselbo", 0.4), log_w.mean((0, 1)))
 
 
+def test_shared_encoder_with_one_component_is_the_vanilla_encoder(mnist_batch):
+    # same layers as the separate encoder: copying its weights (codes at zero) gives its output
+    stacked = build_model("vanilla", 1, **_small("vanilla")).encoder
+    shared = build_model("vanilla", 1, True, **_small("vanilla")).encoder
+    pairs = [
+        (shared.trunk.linear, stacked.hidden[0].linear),
+        (shared.hidden.linear, stacked.hidden[1].linear),
+        (shared.head.loc, stacked.head.loc),
+        (shared.head.log_var, stacked.head.log_var),
+    ]
+    with torch.no_grad():
+        for target, source in pairs:
+            linear = getattr(target, "linear", target)
+            linear.weight.copy_(source.weight[0])
+            linear.bias.copy_(source.bias[0])
+            if hasattr(target, "code"):
+                target.code.zero_()
+    expected, got = stacked(mnist_batch), shared(mnist_batch)
+    torch.testing.assert_close(got.component_loc, expected.component_loc)
+    torch.testing.assert_close(got.component_scale, expected.component_scale)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_shared_encoder_adds_only_component_codes_at_one_component(architecture):
+    stacked = build_model(architecture, 1, **_small(architecture))
+    shared = build_model(architecture, 1, True, **_small(architecture))
+    codes = sum(p.numel() for name, p in shared.named_parameters() if name.endswith(".code"))
+    assert codes > 0
+    n_stacked = sum(p.numel() for p in stacked.parameters())
+    assert sum(p.numel() for p in shared.parameters()) == n_stacked + codes
+
+
 def test_image_shared_components_cost_under_one_percent_of_the_trunk():
     sizes = {s: sum(p.numel() for p in build_model("vanilla", s, True).parameters())
              for s in (1, 2, 200, 201)}  # fmt: skip

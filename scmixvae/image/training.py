@@ -241,7 +241,20 @@ def load_trained(out_dir: str | os.PathLike) -> tuple[MixtureImageVAE, ImageTrai
         config.architecture, config.n_components, config.shared_encoder, **config.model_kwargs
     )
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    try:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    except RuntimeError as error:
+        # shared image encoders used to have a 64-unit coded layer after two shared layers
+        raise ValueError(
+            f"{ckpt} does not fit the {config.architecture} model its {CONFIG_FILE} describes"
+            + (
+                " (a shared encoder saved by an earlier scmixvae, whose coded layer was 64 units "
+                "wide, must be retrained)"
+                if config.shared_encoder
+                else ""
+            )
+            + f": {error}"
+        ) from error
     return model.eval(), config
 
 
