@@ -48,6 +48,10 @@ bench: install
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.integration \
 		--task sorted_pbmc kang_ifnb --seeds 0 1 2 --resume
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s $(IMAGE_ARGS)
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s --arch vanilla \
+		--dataset mnist --models S1 S1:shared S5 S5:shared S5:shared:A1 S50:shared:A1 \
+		--epochs 10 --warmup-epochs 5 --total-samples 1000 --test-subset 1000 \
+		--stem image_vanilla_mnist_shared_encoder --threads 1 --resume
 	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 3 --epochs 4 --stem cost_large_s \
 		--models scvi S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \

@@ -231,7 +231,9 @@ def summarise(rows: list[dict]) -> pd.DataFrame:
     numeric = [c for c in frame.columns if c not in text]
     grouped = frame.groupby("model", sort=False)[numeric]
     spread = grouped.std(ddof=0).where(grouped.count() > 1)  # no spread from a single seed
-    return grouped.mean().join(spread, rsuffix="_std")
+    summary = grouped.mean().join(spread, rsuffix="_std")
+    summary["n_seeds"] = frame.groupby("model", sort=False)["seed"].nunique()
+    return summary
 
 
 def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -239,6 +241,7 @@ def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for model, row in summary.iterrows():
         cells = [
+            f"{int(row[c])}" if c == "n_seeds" else
             "–" if np.isnan(row[c]) else
             f"{row[c]:.3f} (1 seed)" if np.isnan(row[c + "_std"]) else
             f"{row[c]:.3f} ± {row[c + '_std']:.3f}"
@@ -350,7 +353,7 @@ def _reusable_rows(stem: Path, args) -> list[dict]:
         payload = json.loads(stem.with_suffix(".json").read_text())
         earlier = payload["settings"]
         if all(earlier.get(k, IMPLICIT_SETTINGS.get(k)) == getattr(args, k) for k in RUN_SETTINGS):
-            rows += payload["rows"]
+            rows += payload["rows"] + payload.get("unreported_rows", [])
         else:
             print(f"not resuming from {stem}.json: its settings differ", flush=True)
     progress = _progress_path(stem, args)
@@ -386,7 +389,10 @@ def run_dataset(dataset: str, args) -> dict:
     adata, split = prepare(dataset, args.n_genes, args.split_seed, args.max_cells)
     specs = model_specs(args)
     stem = args.out / f"singlecell_{dataset}"
-    done = {(r["model"], r["seed"]): r for r in _reusable_rows(stem, args)} if args.resume else {}
+    reuse = args.resume or args.report_only
+    done = {(r["model"], r["seed"]): r for r in _reusable_rows(stem, args)} if reuse else {}
+    if args.report_only and not done:
+        raise FileNotFoundError(f"--report-only: no finished rows for {stem} with these settings.")
     progress = _progress_path(stem, args)
     progress.parent.mkdir(parents=True, exist_ok=True)
     umap_names = {
@@ -397,6 +403,8 @@ def run_dataset(dataset: str, args) -> dict:
         for spec in specs:
             if (spec.name, seed) in done:
                 rows.append(done[(spec.name, seed)])
+                continue
+            if args.report_only:
                 continue
             row, model = run_one(spec, adata, split, seed, args)
             rows.append(row)
@@ -420,6 +428,12 @@ def run_dataset(dataset: str, args) -> dict:
         "seeds": args.seeds,
         "settings": vars(args) | {"out": str(args.out), "datasets": args.datasets},
         "rows": rows,
+        # finished rows of other models or seeds, kept so that a later --resume still has them
+        "unreported_rows": [
+            r
+            for key, r in done.items()
+            if key not in {(row["model"], row["seed"]) for row in rows}
+        ],
         "summary": json.loads(summary.to_json(orient="index", double_precision=15)),
     }
     lines = [
@@ -427,7 +441,9 @@ def run_dataset(dataset: str, args) -> dict:
         f"{payload['n_types']} labelled types",
         "",
         f"Split {payload['split']} (seed {args.split_seed}); metrics on the test cells; "
-        f"mean ± std over training seeds {args.seeds}; "
+        f"mean ± std over training seeds {args.seeds}"
+        + (" (those each model finished: n_seeds)" if args.report_only else "")
+        + "; "
         + (
             f"up to {args.max_epochs} epochs with early stopping on the validation cells' bound "
             f"(patience {args.patience})"
@@ -464,6 +480,7 @@ def run_dataset(dataset: str, args) -> dict:
             [
                 c
                 for c in (
+                    "n_seeds",
                     "heldout_marginal_ll",
                     "heldout_ll_minus_scvi",
                     "beats_scvi",
@@ -532,6 +549,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--resume",
         action="store_true",
         help="reuse finished (model, seed) rows of an earlier run with the same settings",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the finished rows of --models x --seeds (implies --resume)",
     )
     parser.add_argument(
         "--replot", type=Path, nargs="+", default=None, help="redraw metric plots from JSON"

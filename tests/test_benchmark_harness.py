@@ -68,6 +68,19 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
     # Retraining would give new wall times, so equal rows mean they were reused.
     assert resumed["rows"] == first["rows"]
 
+    # --report-only trains nothing: a model without finished rows is left out of the report
+    (reported,) = main([*TINY, "--models", "scvi", "S2", "S3", "--out", str(tmp_path),
+                        "--report-only"])  # fmt: skip
+    by_name = {r["model"]: r for r in first["rows"]}
+    assert reported["rows"] == [by_name["SCVI"], by_name["MixSCVI(S=2)"]]
+    assert reported["summary"]["SCVI"]["n_seeds"] == 1
+    assert len(reported["unreported_rows"]) == 2  # kept in the JSON for a later --resume
+    report = (tmp_path / "singlecell_sorted_pbmc.md").read_text()
+    assert "| model | n_seeds | heldout_marginal_ll |" in report
+    assert "| MixSCVI(S=3) |" not in report
+    with pytest.raises(FileNotFoundError, match="report-only"):
+        main([*TINY, "--max-epochs", "2", "--out", str(tmp_path), "--report-only"])
+
     class Args:
         split_seed, n_genes, max_cells, max_epochs, patience = 0, 200, 300, 1, 20
         batch_size, n_mc_samples, seeds, ll_seeds = 128, 10, [0], None
@@ -77,7 +90,7 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
     assert len(_reusable_rows(stem, Args)) == len(first["rows"])
     # Rows without the likelihood are only reused where the likelihood is not asked for.
     saved = json.loads(stem.with_suffix(".json").read_text())
-    for row in saved["rows"]:
+    for row in saved["rows"] + saved["unreported_rows"]:
         del row["heldout_marginal_ll"]
     stem.with_suffix(".json").write_text(json.dumps(saved))
     for log in (tmp_path / ".progress").iterdir():
