@@ -56,4 +56,7 @@ bench: install
 		--models scvi S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
 		--repeats 2 --epochs 3 --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
+		--repeats 1 --epochs 2 --models S1 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
+		--stem image_cost_vanilla_shared
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.diagnostics_cost

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ._models import ModelSpec
-from ._report import write_report
+from ._report import command_line, write_report
 from ._timing import EpochTimer
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.command = command_line("benchmarks.image_cost", argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
     specs = [ModelSpec.parse(m) for m in args.models]
@@ -127,6 +128,8 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
         f"{args.repeats} interleaved repeat(s) (all listed); one process per run, one run at a "
         f"time on {platform.processor() or platform.machine()} with "
         f"{rows[0]['torch_threads']} torch threads. Ratios are to S=1 from the same run.",
+        "",
+        f"Command: `{args.command}`",
         "",
         "| model | parameters | s / epoch | time vs S=1 | repeats (s) |",
         "|---|---|---|---|---|",

@@ -78,8 +78,9 @@ def test_resume_reuses_finished_rows_only_with_the_same_settings(tmp_path, data_
     report = (tmp_path / "singlecell_sorted_pbmc.md").read_text()
     assert "| model | n_seeds | heldout_marginal_ll |" in report
     assert "| MixSCVI(S=3) |" not in report
-    with pytest.raises(FileNotFoundError, match="report-only"):
-        main([*TINY, "--max-epochs", "2", "--out", str(tmp_path), "--report-only"])
+    for other in (["--max-epochs", "2"], ["--models", "S2"]):  # no rows; no SCVI to pair with
+        with pytest.raises(FileNotFoundError, match="report-only"):
+            main([*TINY, *other, "--out", str(tmp_path), "--report-only"])
 
     class Args:
         split_seed, n_genes, max_cells, max_epochs, patience = 0, 200, 300, 1, 20
@@ -153,7 +154,9 @@ def test_image_cost_harness(tmp_path, data_dir):
                             "2", "--out", str(tmp_path)])  # fmt: skip
     assert [r["model"] for r in rows] == ["S=1", "S=3, shared, A=1"]
     assert rows[0]["time_vs_s1"] == 1.0 and rows[1]["seconds_per_epoch"] > 0
-    assert "| S=3, shared, A=1 |" in (tmp_path / "image_cost_vanilla.md").read_text()
+    report = (tmp_path / "image_cost_vanilla.md").read_text()
+    assert "| S=3, shared, A=1 |" in report
+    assert "Command: `python -m benchmarks.image_cost --models S1 S3:shared:A1" in report
     # repeats: the fastest one is reported, every one listed
     specs = [image_cost.ModelSpec.parse(c) for c in ("S1", "S2")]
     runs = [{"code": c, "model": c, "seconds_per_epoch": t, "n_parameters": 1}

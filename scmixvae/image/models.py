@@ -96,8 +96,9 @@ class SharedGaussianEncoder(nn.Module):
         Input, latent and first-layer widths.
     n_head_hidden
         Width of the coded layer (default: ``n_hidden``). A narrower one is cheaper at large
-        ``S`` but learns slower: a 64-unit one cost 3.7 nats of test NLL at ``S = 1`` after 10
-        MNIST epochs (``benchmarks/results/image_vanilla_mnist_shared_ablation.md``).
+        ``S`` but may learn slower: the earlier encoder, two shared layers and then a 64-unit
+        coded one, cost 3.7 nats of test NLL at ``S = 1`` after 10 MNIST epochs
+        (``benchmarks/results/image_vanilla_mnist_shared_ablation.md``).
     """
 
     def __init__(
