@@ -1,8 +1,10 @@
 """The compared single-cell models, named the same way by every benchmark script.
 
 A model is written on the command line as ``scvi`` or ``S<n>[:<option>...]`` with options
-``ensemble`` / ``some_to_some`` (the objective), ``shared`` (amortized encoder) and ``A<n>``
-(components sampled per step): ``S5``, ``S5:ensemble``, ``S50:shared:A1``.
+``ensemble`` / ``some_to_some`` (the objective), ``shared`` (amortized encoder), ``A<n>``
+(components sampled per step) and ``H<n>`` (the shared encoder's earlier layout, with a coded
+head of ``n`` units; results up to commit cb8f48b used ``H64``): ``S5``, ``S5:ensemble``,
+``S50:shared:A1``, ``S50:shared:A1:H64``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ModelSpec:
     objective: str = DEFAULT_OBJECTIVE
     shared_encoder: bool = False
     n_sampled_components: int | None = None
+    n_head_hidden: int | None = None
 
     def _settings(self, equals: str) -> list[str]:
         parts = [f"S{equals}{self.n_components}"]
@@ -34,6 +37,9 @@ class ModelSpec:
             parts.append("shared")
         if self.n_sampled_components is not None:
             parts.append(f"A{equals}{self.n_sampled_components}")
+        if self.n_head_hidden is not None:
+            head = self.n_head_hidden
+            parts.append(f"head={head}" if equals else f"H{head}")
         return parts
 
     @property
@@ -68,8 +74,12 @@ class ModelSpec:
                 fields["shared_encoder"] = True
             elif re.fullmatch(r"A\d+", option):
                 fields["n_sampled_components"] = int(option[1:])
+            elif re.fullmatch(r"H\d+", option):
+                fields["n_head_hidden"] = int(option[1:])
             else:
                 raise ValueError(f"model {text!r}: unknown option {option!r}.")
+        if "n_head_hidden" in fields and not fields.get("shared_encoder"):
+            raise ValueError(f"model {text!r}: H<n> sets the shared encoder's head; add 'shared'.")
         return cls("mixscvi", **fields)
 
     def build(self, adata, layer: str | None = None, **setup):
@@ -88,5 +98,6 @@ class ModelSpec:
             objective=self.objective,
             shared_encoder=self.shared_encoder,
             n_sampled_components=self.n_sampled_components,
+            **({} if self.n_head_hidden is None else {"n_head_hidden": self.n_head_hidden}),
             **ARCHITECTURE,
         )

@@ -15,7 +15,7 @@ from torch.distributions import Normal
 
 from scmixvae import MixSCVI
 from scmixvae.mixture import bound
-from scmixvae.singlecell.encoders import SharedTrunkEncoder
+from scmixvae.singlecell.encoders import CodedFCLayer, SharedTrunkEncoder
 from scmixvae.singlecell.module import MixVAE
 
 
@@ -100,8 +100,56 @@ def test_some_to_all_loss_is_unbiased_on_a_fixed_model():
     assert se < 1.0  # a real comparison: the noise is small next to the bound (~ -100s)
 
 
+def _copy_fc_layer(coded, scvi_layer):
+    """Load one of scVI's ``FCLayers`` layers into a :class:`CodedFCLayer` (code zeroed)."""
+    coded.linear.linear.load_state_dict(scvi_layer[0].state_dict())
+    coded.linear.code.zero_()
+    if coded.batch_norm is not None:
+        coded.batch_norm.load_state_dict(scvi_layer[1].state_dict())
+
+
+def _copy_mean_var(shared, reference):
+    out = shared.head_out.linear
+    out.weight.copy_(torch.cat([reference.mean_encoder.weight, reference.var_encoder.weight]))
+    out.bias.copy_(torch.cat([reference.mean_encoder.bias, reference.var_encoder.bias]))
+    shared.head_out.code.zero_()
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "inject_covariates", "use_batch_norm"),
+    [(1, True, True), (1, False, False), (2, True, True), (2, False, True), (3, True, False)],
+)
+def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(
+    n_layers, inject_covariates, use_batch_norm
+):
+    torch.manual_seed(3)
+    options = {"n_cat_list": [3, 1], "dropout_rate": 0.2, "use_batch_norm": use_batch_norm,
+               "inject_covariates": inject_covariates}  # fmt: skip
+    shared = SharedTrunkEncoder(1, 30, 4, n_layers=n_layers, n_hidden=16, **options)
+    reference = Encoder(30, 4, n_layers=n_layers, n_hidden=16, return_dist=True, **options)
+    shared, reference = shared.double(), reference.double()
+    layers = reference.encoder.fc_layers
+    with torch.no_grad():  # the trunk is scVI's first layers, the coded layer its last
+        if use_batch_norm:  # running statistics that are not the initial ones
+            for layer in layers:
+                layer[1].running_mean.normal_()
+                layer[1].running_var.uniform_(0.5, 2.0)
+        for i in range(n_layers - 1):
+            shared.trunk.fc_layers[i].load_state_dict(layers[i].state_dict())
+        _copy_fc_layer(shared.coded_layer, layers[n_layers - 1])
+        _copy_mean_var(shared, reference)
+    shared.eval(), reference.eval()  # dropout masks are random, so compare without them
+    x = torch.rand(12, 30, dtype=torch.float64)
+    cats = (torch.randint(3, (12, 1)), torch.zeros(12, 1, dtype=torch.long))
+    qz = shared(x, *cats)
+    dist, _ = reference(x, *cats)
+    assert qz.component_loc.shape == (1, 12, 4)
+    torch.testing.assert_close(qz.component_loc[0], dist.loc)
+    torch.testing.assert_close(qz.component_scale[0], dist.scale)
+
+
 @pytest.mark.parametrize("inject_covariates", [True, False])
-def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(inject_covariates):
+def test_the_earlier_shared_layout_is_an_scvi_encoder_one_layer_deeper(inject_covariates):
     torch.manual_seed(3)
     options = {"n_cat_list": [3], "dropout_rate": 0.0, "use_batch_norm": False,
                "inject_covariates": inject_covariates}  # fmt: skip
@@ -110,24 +158,36 @@ def test_a_shared_encoder_of_one_component_is_an_scvi_encoder(inject_covariates)
     shared, reference = shared.double(), reference.double()
     with torch.no_grad():  # trunk = scVI's first layer; head = its second; codes add nothing
         shared.trunk.fc_layers[0].load_state_dict(reference.encoder.fc_layers[0].state_dict())
-        shared.head.linear.load_state_dict(reference.encoder.fc_layers[1][0].state_dict())
-        out = shared.head_out.linear
-        out.weight.copy_(torch.cat([reference.mean_encoder.weight, reference.var_encoder.weight]))
-        out.bias.copy_(torch.cat([reference.mean_encoder.bias, reference.var_encoder.bias]))
-        shared.head.code.zero_()
-        shared.head_out.code.zero_()
+        _copy_fc_layer(shared.coded_layer, reference.encoder.fc_layers[1])
+        _copy_mean_var(shared, reference)
     x = torch.rand(12, 30, dtype=torch.float64)
     cat = torch.randint(3, (12, 1))
     qz = shared(x, cat)
     dist, _ = reference(x, cat)
-    assert qz.component_loc.shape == (1, 12, 4)
     torch.testing.assert_close(qz.component_loc[0], dist.loc)
     torch.testing.assert_close(qz.component_scale[0], dist.scale)
 
 
+def test_coded_layer_normalises_over_cells_and_components_and_masks_each_component():
+    torch.manual_seed(0)
+    layer = CodedFCLayer(4, 6, 5, dropout_rate=0.5, use_batch_norm=True, use_layer_norm=False,
+                         use_activation=False, bias=True, activation_fn=torch.nn.ReLU)  # fmt: skip
+    h = torch.randn(64, 6)
+    out = layer(h)  # training mode: batch statistics pooled over the 64 x 4 rows
+    assert out.shape == (64, 4, 5)
+    kept = out != 0
+    # own dropout masks: the components do not drop the same units
+    assert (kept[:, 0] != kept[:, 1]).any()
+    layer.dropout = None
+    pooled = layer(h).flatten(0, 1)
+    torch.testing.assert_close(pooled.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    # the codes still tell the components apart after normalisation
+    assert not torch.allclose(layer(h)[:, 0], layer(h)[:, 1])
+
+
 def test_the_shared_trunk_is_scvis_encoder_layers_with_all_their_options():
     shared = SharedTrunkEncoder(
-        8, 30, 4, n_cat_list=[3], n_layers=2, dropout_rate=0.2, use_batch_norm=False,
+        8, 30, 4, n_cat_list=[3], n_layers=3, dropout_rate=0.2, use_batch_norm=False,
         use_layer_norm=True, activation_fn=torch.nn.ELU,
     )  # fmt: skip
     reference = FCLayers(30, 128, n_cat_list=[3], n_layers=2, dropout_rate=0.2,
@@ -135,9 +195,15 @@ def test_the_shared_trunk_is_scvis_encoder_layers_with_all_their_options():
                          activation_fn=torch.nn.ELU)  # fmt: skip
     assert isinstance(shared.trunk, FCLayers)
     assert repr(shared.trunk) == repr(reference)
-    assert isinstance(shared.head_activation, torch.nn.ELU)
-    # batch covariates reach the head too when injected into every layer
-    assert shared.head.linear.in_features == 128 + 3
+    coded = shared.coded_layer
+    assert isinstance(coded.activation, torch.nn.ELU)
+    assert coded.batch_norm is None and coded.layer_norm is not None
+    assert coded.dropout.p == 0.2
+    # batch covariates reach the coded layer too when injected into every layer
+    assert coded.linear.linear.in_features == 128 + 3
+    # scVI's default single layer: no trunk, the code sits beside the genes
+    first = SharedTrunkEncoder(8, 30, 4, n_cat_list=[3], n_layers=1, inject_covariates=False)
+    assert first.trunk is None and first.coded_layer.linear.linear.in_features == 30 + 3
 
 
 def _n_parameters(module):
@@ -200,6 +266,30 @@ def test_options_survive_save_and_load(tmp_path):
         loaded.get_latent_representation(component="all"),
         model.get_latent_representation(component="all"),
     )
+
+
+def test_the_earlier_shared_layout_round_trips_and_old_saves_are_named(tmp_path):
+    adata = _counts()
+    MixSCVI.setup_anndata(adata)
+    scvi.settings.seed = 0
+    model = MixSCVI(adata, n_components=4, shared_encoder=True, n_head_hidden=8)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert model.module.z_encoder.coded_layer.linear.n_out == 8
+    model.save(tmp_path / "m")
+    loaded = MixSCVI.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(component="all"),
+        model.get_latent_representation(component="all"),
+    )
+    # a save of scmixvae 0.1.0: the coded head was called z_encoder.head
+    path = tmp_path / "m" / "model.pt"
+    saved = torch.load(path, weights_only=False)
+    state = saved["model_state_dict"]
+    for key in [k for k in state if k.startswith("z_encoder.coded_layer.linear.")]:
+        state[key.replace("coded_layer.linear.", "head.")] = state.pop(key)
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="earlier layout"):
+        MixSCVI.load(tmp_path / "m", adata=adata)
 
 
 def test_importance_weighted_loss_with_a_latent_library():

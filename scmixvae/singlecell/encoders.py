@@ -18,23 +18,78 @@ from scmixvae.mixture import ComponentCodedLinear, MixtureNormal, StackedEncoder
 
 # keys of scvi-tools' ``extra_encoder_kwargs`` the mixture encoders honour
 SUPPORTED_ENCODER_KWARGS = ("var_eps", "activation_fn", "bias", "use_activation")
-DEFAULT_HEAD_HIDDEN = 64
+
+
+class CodedFCLayer(nn.Module):
+    r"""One of scVI's encoder layers, applied to :math:`[h, e_s]` for every component code.
+
+    :class:`scvi.nn.FCLayers`' layer (linear, batch norm, layer norm, activation, dropout) with
+    the one-hot code :math:`e_s` of component ``s`` concatenated to its input. The linear part
+    is a :class:`~scmixvae.mixture.ComponentCodedLinear`: :math:`W h` runs once per cell and
+    each component adds its own column. Batch norm pools its statistics over cells and
+    components, as :class:`torch.nn.BatchNorm1d` would on the ``S`` concatenated copies, and
+    each component gets its own dropout mask, so with ``S = 1`` this is exactly scVI's layer.
+
+    Parameters
+    ----------
+    n_components
+        ``S``.
+    n_in, n_out
+        Input width (covariates included) and output width.
+    dropout_rate, use_batch_norm, use_layer_norm, use_activation, bias, activation_fn
+        As :class:`scvi.nn.FCLayers`.
+    """
+
+    def __init__(
+        self,
+        n_components: int,
+        n_in: int,
+        n_out: int,
+        dropout_rate: float,
+        use_batch_norm: bool,
+        use_layer_norm: bool,
+        use_activation: bool,
+        bias: bool,
+        activation_fn: type[nn.Module],
+    ):
+        super().__init__()
+        self.linear = ComponentCodedLinear(n_components, n_in, n_out, bias=bias)
+        # scVI's batch-norm settings (its defaults come from the original TensorFlow code)
+        self.batch_norm = (
+            nn.BatchNorm1d(n_out, momentum=0.01, eps=0.001) if use_batch_norm else None
+        )
+        self.layer_norm = nn.LayerNorm(n_out, elementwise_affine=False) if use_layer_norm else None
+        self.activation = activation_fn() if use_activation else None
+        self.dropout = nn.Dropout(p=dropout_rate) if dropout_rate > 0 else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, n_in]`` shared by the components -> ``[B, S, n_out]``."""
+        out = self.linear(h, per_component=False)
+        if self.batch_norm is not None:
+            out = self.batch_norm(out.flatten(0, 1)).view_as(out)
+        for layer in (self.layer_norm, self.activation, self.dropout):
+            if layer is not None:
+                out = layer(out)
+        return out
 
 
 class SharedTrunkEncoder(nn.Module):
     r"""``S`` Gaussian encoders amortized over one network (Hotti et al., 2024).
 
-    scVI's encoder layers (:class:`scvi.nn.FCLayers`, with its covariates, batch or layer
-    normalisation and dropout) form a trunk :math:`h = f(x)` that runs once per cell. A small
-    head conditioned on each component's code gives the component's mean and variance:
-    :math:`a_s = \mathrm{act}(W h + b + C_s)`, then :math:`(\mu_s, v_s)` from a coded linear
-    map of :math:`a_s` (:class:`~scmixvae.mixture.ComponentCodedLinear`). All ``S`` heads run as
-    one broadcast operation; a component costs ``n_head_hidden + 2 * n_output`` parameters.
+    Each component is scVI's :class:`scvi.nn.Encoder` with the component's one-hot code
+    :math:`e_s` concatenated to the input of its last hidden layer. The layers before it
+    (:class:`scvi.nn.FCLayers`, with covariates, batch or layer normalisation and dropout) form
+    a trunk that runs once per cell; the last hidden layer (:class:`CodedFCLayer`) and the
+    mean/variance map (:class:`~scmixvae.mixture.ComponentCodedLinear`) run for all ``S``
+    components as one broadcast operation. A component costs ``n_hidden + 2 * n_output``
+    parameters. With scVI's default ``n_layers=1`` the trunk is empty and the code enters the
+    first layer, beside the genes. With ``S = 1`` the module is exactly an
+    :class:`scvi.nn.Encoder` of ``n_layers`` layers (tested).
 
-    The head has no normalisation or dropout of its own: those act on the trunk, shared by
-    every component, as in scVI's encoder, and per-component dropout masks would cost a random
-    draw per component and unit. With ``S = 1``, no batch or layer norm and no dropout the
-    module is exactly an :class:`scvi.nn.Encoder` of ``n_layers + 1`` layers (tested).
+    ``n_head_hidden`` selects the earlier layout instead: the trunk has all ``n_layers`` layers
+    and a coded head of ``n_head_hidden`` units follows it (an :class:`scvi.nn.Encoder` of
+    ``n_layers + 1`` layers at ``S = 1``). It is kept to reproduce earlier results: on the
+    mouse bladder data it was the weaker layout (see the README).
 
     Parameters
     ----------
@@ -43,17 +98,16 @@ class SharedTrunkEncoder(nn.Module):
     n_input, n_output
         Input width and latent dimension ``D``.
     n_cat_list
-        Categories per categorical covariate, one-hot encoded into the trunk (and into the head
-        when ``inject_covariates``).
+        Categories per categorical covariate, one-hot encoded into the first layer (and into
+        every later one when ``inject_covariates``), as :class:`scvi.nn.FCLayers`.
     n_layers, n_hidden, dropout_rate
-        The trunk, as :class:`scvi.nn.Encoder`.
+        As :class:`scvi.nn.Encoder`.
     n_head_hidden
-        Width of the head's hidden layer. Per-step cost grows with ``S * n_head_hidden``.
+        ``None`` (default): the layout above. An integer: the earlier layout's head width.
     var_eps, var_activation
         Variance floor and positivity map, as :class:`scvi.nn.Encoder`.
     use_batch_norm, use_layer_norm, inject_covariates, activation_fn, bias, use_activation
-        As :class:`scvi.nn.FCLayers`, for the trunk; the head uses ``activation_fn`` and
-        ``bias``.
+        As :class:`scvi.nn.FCLayers`.
     """
 
     def __init__(
@@ -64,7 +118,7 @@ class SharedTrunkEncoder(nn.Module):
         n_cat_list: Iterable[int] | None = None,
         n_layers: int = 1,
         n_hidden: int = 128,
-        n_head_hidden: int = DEFAULT_HEAD_HIDDEN,
+        n_head_hidden: int | None = None,
         dropout_rate: float = 0.1,
         var_eps: float = 1e-4,
         var_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -78,50 +132,85 @@ class SharedTrunkEncoder(nn.Module):
         super().__init__()
         if not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
+        if not isinstance(n_layers, int) or n_layers < 1:
+            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}.")
         self.n_components = n_components
         self.n_output = n_output
         self.var_eps = var_eps
         self.var_activation = torch.exp if var_activation is None else var_activation
         self.inject_covariates = inject_covariates
-        self.trunk = FCLayers(
-            n_in=n_input,
-            n_out=n_hidden,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=dropout_rate,
-            use_batch_norm=use_batch_norm,
-            use_layer_norm=use_layer_norm,
-            use_activation=use_activation,
-            bias=bias,
-            inject_covariates=inject_covariates,
-            activation_fn=activation_fn,
+        # as FCLayers: a covariate of one category carries nothing and is dropped
+        self.n_cat_list = [n if n > 1 else 0 for n in (n_cat_list or [])]
+        n_cov = sum(self.n_cat_list)
+        layer_options = {
+            "dropout_rate": dropout_rate,
+            "use_batch_norm": use_batch_norm,
+            "use_layer_norm": use_layer_norm,
+            "use_activation": use_activation,
+            "bias": bias,
+        }
+        n_trunk_layers = n_layers if n_head_hidden is not None else n_layers - 1
+        self.trunk = (
+            FCLayers(
+                n_in=n_input,
+                n_out=n_hidden,
+                n_cat_list=n_cat_list,
+                n_layers=n_trunk_layers,
+                n_hidden=n_hidden,
+                inject_covariates=inject_covariates,
+                activation_fn=activation_fn,
+                **layer_options,
+            )
+            if n_trunk_layers > 0
+            else None
         )
-        n_head_in = n_hidden + self.trunk.n_cov * inject_covariates
-        self.head = ComponentCodedLinear(n_components, n_head_in, n_head_hidden, bias=bias)
-        self.head_activation = activation_fn()
-        # mean and variance from one map: one matmul over [B, S, n_head_hidden] instead of two
-        self.head_out = ComponentCodedLinear(n_components, n_head_hidden, 2 * n_output)
+        # the coded layer is scVI's first layer (covariates always) or a later one
+        # (covariates only when injected into every layer)
+        self._coded_takes_covariates = self.trunk is None or inject_covariates
+        n_coded_in = (n_input if self.trunk is None else n_hidden) + (
+            n_cov * self._coded_takes_covariates
+        )
+        if n_head_hidden is None:
+            self.coded_layer = CodedFCLayer(
+                n_components, n_coded_in, n_hidden, activation_fn=activation_fn, **layer_options
+            )
+            n_out_in = n_hidden
+        else:  # the earlier layout: a plain coded head, no normalisation or dropout
+            self.coded_layer = CodedFCLayer(
+                n_components, n_coded_in, n_head_hidden, dropout_rate=0.0,
+                use_batch_norm=False, use_layer_norm=False, use_activation=True, bias=bias,
+                activation_fn=activation_fn,
+            )  # fmt: skip
+            n_out_in = n_head_hidden
+        # mean and variance from one map: one matmul over [B, S, n_out_in] instead of two
+        self.head_out = ComponentCodedLinear(n_components, n_out_in, 2 * n_output)
 
     def trunk_parameters(self) -> int:
-        """Number of parameters of the trunk (the part shared by every component)."""
-        return sum(p.numel() for p in self.trunk.parameters())
+        """Number of parameters shared by every component (the trunk and the coded layer's
+        shared weights)."""
+        trunk = 0 if self.trunk is None else sum(p.numel() for p in self.trunk.parameters())
+        linear = self.coded_layer.linear.linear
+        return trunk + sum(p.numel() for p in linear.parameters())
 
     def _covariates(self, cat_list: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         one_hot = [
             cat if cat.shape[-1] == n_cat else F.one_hot(cat.squeeze(-1).long(), n_cat)
-            for n_cat, cat in zip(self.trunk.n_cat_list, cat_list, strict=False)
+            for n_cat, cat in zip(self.n_cat_list, cat_list, strict=False)
             if n_cat > 1
         ]
         return torch.cat(one_hot, dim=-1).float() if one_hot else None
 
     def forward(self, x: torch.Tensor, *cat_list: torch.Tensor) -> MixtureNormal:
         """Encode ``x [B, n_input]`` into the mixture ``[S, B, D]``."""
-        h = self.trunk(x, *cat_list)
-        covariates = self._covariates(cat_list) if self.inject_covariates else None
+        if len(cat_list) < len(self.n_cat_list):
+            raise ValueError(
+                f"expected {len(self.n_cat_list)} categorical covariates, got {len(cat_list)}."
+            )
+        h = x if self.trunk is None else self.trunk(x, *cat_list)
+        covariates = self._covariates(cat_list) if self._coded_takes_covariates else None
         if covariates is not None:
             h = torch.cat((h, covariates.to(h.dtype)), dim=-1)
-        hidden = self.head_activation(self.head(h, per_component=False))  # [B, S, H]
+        hidden = self.coded_layer(h)  # [B, S, H]
         loc, raw_var = self.head_out(hidden, per_component=True).split(self.n_output, dim=-1)
         var = self.var_activation(raw_var) + self.var_eps
         return MixtureNormal(loc.transpose(0, 1), var.sqrt().transpose(0, 1))
@@ -155,8 +244,8 @@ def build_mixture_encoder(
 ) -> nn.Module:
     """The mixture encoder for the options scVI's ``VAE`` gives its :class:`scvi.nn.Encoder`.
 
-    ``shared`` picks :class:`SharedTrunkEncoder` (``n_head_hidden`` sets its head's width) over
-    :class:`~scmixvae.mixture.StackedEncoder`.
+    ``shared`` picks :class:`SharedTrunkEncoder` (``n_head_hidden`` selects its earlier layout)
+    over :class:`~scmixvae.mixture.StackedEncoder`.
 
     Raises
     ------

@@ -53,7 +53,7 @@ from .importance import (
     standard_normal_log_prob,
 )
 from .module import MixVAE, mixture_from_flat, validate_mixture_options
-from .safety import atomic_save_dir, check_same_genes
+from .safety import atomic_save_dir, check_same_genes, check_shared_encoder_layout
 from .validation import check_counts, warn_empty_cells_and_genes
 
 logger = logging.getLogger(__name__)
@@ -93,10 +93,12 @@ class MixSCVI(
         ``"miselbo"`` (the method), ``"ensemble"`` (each encoder trained on its own ELBO) or
         ``"some_to_some"`` (each draw against the mixture of the components drawn with it).
     shared_encoder
-        Amortize the components: scVI's encoder layers run once per cell and a small head,
-        conditioned on each component's code, gives every component's mean and variance
-        (Hotti et al., 2024). A component then costs a few hundred parameters instead of a
-        whole encoder, so ``n_components`` can reach the hundreds.
+        Amortize the components (Hotti et al., 2024): every component is scVI's encoder with
+        its one-hot code added to the input of the last hidden layer, so the layers before it
+        and that layer's product with the genes run once per cell. A component then costs
+        ``n_hidden + 2 * n_latent`` parameters instead of a whole encoder, so ``n_components``
+        can reach the hundreds. ``n_head_hidden`` (a model keyword) selects the layout of
+        scmixvae 0.1.0, a coded head of that width after scVI's layers.
     n_sampled_components
         Components each cell draws from per training step (``A``). ``None``: all ``S`` (the
         stratified MISELBO of the paper). ``A < S``: ``A`` distinct components per cell,
@@ -371,11 +373,17 @@ class MixSCVI(
         ------
         GeneMismatchError
             If ``adata``'s genes (or their order) differ from the saved model's.
+        ValueError
+            If the model was saved with the shared encoder's earlier layout.
         """
         path = Path(dir_path) / f"{prefix or ''}model.pt"
-        if adata is not None and path.is_file():
+        if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=False)
-            check_same_genes(saved["var_names"], adata.var_names, f"the model saved in {dir_path}")
+            check_shared_encoder_layout(saved.get("model_state_dict", {}), dir_path)
+            if adata is not None:
+                check_same_genes(
+                    saved["var_names"], adata.var_names, f"the model saved in {dir_path}"
+                )
         return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
 
     @classmethod

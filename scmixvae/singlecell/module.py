@@ -148,7 +148,10 @@ class MixVAE(VAE):
     importance_weighted
         With ``n_particles > 1``, combine each component's draws with a log-mean-exp (IWAE form).
     n_head_hidden
-        Width of the shared encoder's head (default ``n_hidden``).
+        ``None`` (default): the shared encoder codes its last hidden layer. An integer: the
+        earlier layout, a coded head of this width after all ``n_layers`` shared layers, kept
+        to reproduce earlier results (see
+        :class:`~scmixvae.singlecell.encoders.SharedTrunkEncoder`).
     **kwargs
         Everything :class:`scvi.module.VAE` takes (``n_batch``, ``n_hidden``, ``n_latent``,
         ``n_layers``, ``dispersion``, ``gene_likelihood``, ``use_observed_lib_size``, ...).

@@ -43,6 +43,22 @@ def check_same_genes(expected: Sequence[str], given: Sequence[str], what: str) -
     raise GeneMismatchError(f"the genes of this AnnData do not match {what}: {detail}.")
 
 
+def check_shared_encoder_layout(state_dict: dict, where: str | os.PathLike) -> None:
+    """Refuse a model saved with the shared encoder's layout of scmixvae 0.1.0.
+
+    That encoder had a coded head (``z_encoder.head.*``) after all of scVI's layers; the
+    current one codes scVI's last layer (``z_encoder.coded_layer.*``), so its weights do not
+    fit and scvi-tools would fail with a list of missing keys.
+    """
+    if any(key.startswith("z_encoder.head.") for key in state_dict):
+        raise ValueError(
+            f"the model saved in {where} uses the shared encoder's earlier layout (a coded head "
+            "after scVI's encoder layers), which this version no longer loads by default; "
+            "retrain it, or rebuild it with MixSCVI(..., shared_encoder=True, n_head_hidden=64) "
+            "and copy its weights, renaming 'z_encoder.head.' to 'z_encoder.coded_layer.linear.'."
+        )
+
+
 def atomic_save_dir(save_fn, dir_path: str | os.PathLike, overwrite: bool) -> None:
     """Run ``save_fn(tmp_dir)`` then move each file it wrote into ``dir_path`` atomically.
 
