@@ -102,8 +102,8 @@ def test_some_to_all_loss_is_unbiased_on_a_fixed_model():
 
 def _copy_fc_layer(coded, scvi_layer):
     """Load one of scVI's ``FCLayers`` layers into a :class:`CodedFCLayer` (code zeroed)."""
-    coded.linear.linear.load_state_dict(scvi_layer[0].state_dict())
-    coded.linear.code.zero_()
+    coded.linear.load_state_dict(scvi_layer[0].state_dict())
+    coded.code.zero_()
     if coded.batch_norm is not None:
         coded.batch_norm.load_state_dict(scvi_layer[1].state_dict())
 
@@ -158,7 +158,8 @@ def test_the_earlier_shared_layout_is_an_scvi_encoder_one_layer_deeper(inject_co
     shared, reference = shared.double(), reference.double()
     with torch.no_grad():  # trunk = scVI's first layer; head = its second; codes add nothing
         shared.trunk.fc_layers[0].load_state_dict(reference.encoder.fc_layers[0].state_dict())
-        _copy_fc_layer(shared.coded_layer, reference.encoder.fc_layers[1])
+        shared.head.linear.load_state_dict(reference.encoder.fc_layers[1][0].state_dict())
+        shared.head.code.zero_()
         _copy_mean_var(shared, reference)
     x = torch.rand(12, 30, dtype=torch.float64)
     cat = torch.randint(3, (12, 1))
@@ -168,21 +169,28 @@ def test_the_earlier_shared_layout_is_an_scvi_encoder_one_layer_deeper(inject_co
     torch.testing.assert_close(qz.component_scale[0], dist.scale)
 
 
-def test_coded_layer_normalises_over_cells_and_components_and_masks_each_component():
+def test_coded_layer_shifts_the_normalised_layer_per_component_with_own_masks():
     torch.manual_seed(0)
     layer = CodedFCLayer(4, 6, 5, dropout_rate=0.5, use_batch_norm=True, use_layer_norm=False,
                          use_activation=False, bias=True, activation_fn=torch.nn.ReLU)  # fmt: skip
+    # the codes start on the scale of the normalised pre-activation, not of a bias
+    assert layer.code.abs().max() > 0.5
     h = torch.randn(64, 6)
-    out = layer(h)  # training mode: batch statistics pooled over the 64 x 4 rows
+    out = layer(h)
     assert out.shape == (64, 4, 5)
     kept = out != 0
-    # own dropout masks: the components do not drop the same units
-    assert (kept[:, 0] != kept[:, 1]).any()
+    assert (kept[:, 0] != kept[:, 1]).any()  # each component its own dropout mask
     layer.dropout = None
-    pooled = layer(h).flatten(0, 1)
-    torch.testing.assert_close(pooled.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
-    # the codes still tell the components apart after normalisation
-    assert not torch.allclose(layer(h)[:, 0], layer(h)[:, 1])
+    out = layer(h)
+    # batch norm statistics come from the cells alone: each component is the normalised
+    # layer plus its code
+    normalised = out - layer.code
+    torch.testing.assert_close(normalised[:, 0].mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised[:, 0], normalised[:, 3])
+    without_norm = CodedFCLayer(4, 400, 5, dropout_rate=0.0, use_batch_norm=False,
+                                use_layer_norm=False, use_activation=True, bias=True,
+                                activation_fn=torch.nn.ReLU)  # fmt: skip
+    assert without_norm.code.abs().max() <= 1 / 20
 
 
 def test_the_shared_trunk_is_scvis_encoder_layers_with_all_their_options():
@@ -200,10 +208,10 @@ def test_the_shared_trunk_is_scvis_encoder_layers_with_all_their_options():
     assert coded.batch_norm is None and coded.layer_norm is not None
     assert coded.dropout.p == 0.2
     # batch covariates reach the coded layer too when injected into every layer
-    assert coded.linear.linear.in_features == 128 + 3
+    assert coded.linear.in_features == 128 + 3
     # scVI's default single layer: no trunk, the code sits beside the genes
     first = SharedTrunkEncoder(8, 30, 4, n_cat_list=[3], n_layers=1, inject_covariates=False)
-    assert first.trunk is None and first.coded_layer.linear.linear.in_features == 30 + 3
+    assert first.trunk is None and first.coded_layer.linear.in_features == 30 + 3
 
 
 def _n_parameters(module):
@@ -274,22 +282,25 @@ def test_the_earlier_shared_layout_round_trips_and_old_saves_are_named(tmp_path)
     scvi.settings.seed = 0
     model = MixSCVI(adata, n_components=4, shared_encoder=True, n_head_hidden=8)
     model.train(max_epochs=1, enable_progress_bar=False)
-    assert model.module.z_encoder.coded_layer.linear.n_out == 8
+    assert model.module.z_encoder.head.n_out == 8
     model.save(tmp_path / "m")
     loaded = MixSCVI.load(tmp_path / "m", adata=adata)
-    np.testing.assert_array_equal(
-        loaded.get_latent_representation(component="all"),
-        model.get_latent_representation(component="all"),
-    )
-    # a save of scmixvae 0.1.0: the coded head was called z_encoder.head
+    latent = model.get_latent_representation(component="all")
+    np.testing.assert_array_equal(loaded.get_latent_representation(component="all"), latent)
+    # a save of scmixvae 0.1.0: the same weights, without n_head_hidden among its settings
     path = tmp_path / "m" / "model.pt"
     saved = torch.load(path, weights_only=False)
-    state = saved["model_state_dict"]
-    for key in [k for k in state if k.startswith("z_encoder.coded_layer.linear.")]:
-        state[key.replace("coded_layer.linear.", "head.")] = state.pop(key)
+    del saved["attr_dict"]["init_params_"]["kwargs"]["kwargs"]["n_head_hidden"]
     torch.save(saved, path)
-    with pytest.raises(ValueError, match="earlier layout"):
+    with pytest.raises(ValueError, match=r"scmixvae 0\.1\.0.*n_head_hidden=64"):
         MixSCVI.load(tmp_path / "m", adata=adata)
+    # the way out the message gives
+    rebuilt = MixSCVI(adata, n_components=4, shared_encoder=True, n_head_hidden=8)
+    state = saved["model_state_dict"]
+    state.pop("pyro_param_store", None)
+    rebuilt.module.load_state_dict(state)
+    rebuilt.is_trained_ = True
+    np.testing.assert_array_equal(rebuilt.get_latent_representation(component="all"), latent)
 
 
 def test_importance_weighted_loss_with_a_latent_library():

@@ -13,12 +13,12 @@ from scmixvae import MixSCVI
 TRAIN = {"batch_size": 128, "enable_progress_bar": False}
 
 
-def _reference(shared_encoder: bool, encode_covariates: bool):
+def _reference(shared_encoder: bool, encode_covariates: bool, **kwargs):
     scvi.settings.seed = 0
     adata = synthetic_iid(n_batches=2)
     MixSCVI.setup_anndata(adata, batch_key="batch")
     model = MixSCVI(adata, n_components=3, shared_encoder=shared_encoder,
-                    encode_covariates=encode_covariates)  # fmt: skip
+                    encode_covariates=encode_covariates, **kwargs)  # fmt: skip
     model.train(max_epochs=3, **TRAIN)
     return model
 
@@ -57,9 +57,10 @@ def test_query_latents_of_reference_cells_round_trip(shared_encoder, tmp_path):
     assert delta[:, -1].max() > 0 and delta[:, :-1].max() == 0  # only the new batch's column
 
 
-@pytest.mark.parametrize("shared_encoder", [False, True])
-def test_encoder_covariates_update_only_the_new_batch(shared_encoder, tmp_path):
-    reference = _reference(shared_encoder, encode_covariates=True)
+@pytest.mark.parametrize("layout", ["stacked", "shared", "shared, 0.1.0 head"])
+def test_encoder_covariates_update_only_the_new_batch(layout, tmp_path):
+    head = {"n_head_hidden": 16} if "head" in layout else {}
+    reference = _reference(layout != "stacked", encode_covariates=True, **head)
     reference.save(tmp_path / "reference")
     mapped = MixSCVI.load_query_data(_query(reference, "new_lab"), str(tmp_path / "reference"))
     before = _weights(mapped.module)
@@ -67,13 +68,16 @@ def test_encoder_covariates_update_only_the_new_batch(shared_encoder, tmp_path):
     after = _weights(mapped.module)
     encoder = mapped.module.z_encoder
     n_cat = 3  # batch_0, batch_1, new_lab: the new category is the last column
-    if shared_encoder:
+    coded = None
+    if layout == "stacked":
+        first = "z_encoder.encoder.layers.0.linear.weight"
+    elif layout == "shared":  # scVI's single layer is the coded one
+        first = "z_encoder.coded_layer.linear.weight"
+        assert encoder.trunk is None and encoder.coded_layer.linear.in_features == 100 + n_cat
+    else:
         first = "z_encoder.trunk.fc_layers.Layer 0.0.weight"
         coded = "z_encoder.head.linear.weight"
         assert encoder.head.linear.in_features == 128 + n_cat
-    else:
-        first = "z_encoder.encoder.layers.0.linear.weight"
-        coded = None
     # scArches trains the categorical columns; only the new category's is used by the query
     delta = (after[first] - before[first]).abs()
     assert delta[..., -1].max() > 0 and delta[..., :-1].max() == 0
@@ -109,3 +113,24 @@ def test_freezing_rules_for_the_stacked_encoder():
     thawed = StackedEncoder(3, 20, 4)
     freeze_mixture_encoder_for_query(thawed, freeze_expression=False)
     assert thawed.encoder.layers[0].linear.bias.requires_grad
+
+
+def test_freezing_rules_for_the_shared_encoder():
+    from scmixvae.singlecell.arches import freeze_mixture_encoder_for_query
+    from scmixvae.singlecell.encoders import SharedTrunkEncoder
+
+    encoder = SharedTrunkEncoder(3, 20, 4, n_cat_list=[3])
+    freeze_mixture_encoder_for_query(encoder)
+    coded = encoder.coded_layer
+    assert coded.linear.weight.requires_grad and not coded.linear.bias.requires_grad
+    assert not coded.code.requires_grad and not coded.batch_norm.weight.requires_grad
+    encoder(torch.rand(6, 20), torch.randint(3, (6, 1))).component_loc.sum().backward()
+    grad = coded.linear.weight.grad
+    assert grad[..., :20].abs().max() == 0 and grad[..., 20:].abs().max() > 0
+    thawed = SharedTrunkEncoder(3, 20, 4, n_cat_list=[3])
+    freeze_mixture_encoder_for_query(
+        thawed, freeze_expression=False, freeze_batchnorm_encoder=False
+    )
+    assert thawed.coded_layer.linear.bias.requires_grad
+    assert thawed.coded_layer.batch_norm.weight.requires_grad
+    assert not thawed.coded_layer.code.requires_grad

@@ -46,8 +46,9 @@ def freeze_mixture_encoder_for_query(
     """Apply scArches' freezing rules to the layers of a mixture encoder scvi-tools does not know.
 
     A :class:`~scmixvae.singlecell.encoders.SharedTrunkEncoder`'s trunk is an
-    :class:`scvi.nn.FCLayers` that scvi-tools has already set up; its coded head, and every
-    layer of a :class:`~scmixvae.mixture.StackedEncoder`, are set up here.
+    :class:`scvi.nn.FCLayers` that scvi-tools has already set up; its coded layer (the first
+    layer with scVI's default ``n_layers=1``), and every layer of a
+    :class:`~scmixvae.mixture.StackedEncoder`, are set up here.
 
     Parameters
     ----------
@@ -59,7 +60,8 @@ def freeze_mixture_encoder_for_query(
     freeze_batchnorm_encoder
         Keep batch normalisation (statistics and affine weights) fixed.
     """
-    trunk = set(encoder.trunk.parameters()) if isinstance(encoder, SharedTrunkEncoder) else set()
+    shared = isinstance(encoder, SharedTrunkEncoder)
+    trunk = set(encoder.trunk.parameters()) if shared and encoder.trunk is not None else set()
     for param in encoder.parameters():
         if param not in trunk:
             param.requires_grad_(False)
@@ -71,9 +73,21 @@ def freeze_mixture_encoder_for_query(
                     param.requires_grad_(True)
             elif fc._inject_into_layer(index):
                 _covariate_columns_only(layer.linear.weight, layer.linear.bias, sum(fc.n_cat_list))
-    elif isinstance(encoder, SharedTrunkEncoder) and encoder.inject_covariates:
-        n_cat = sum(encoder.trunk.n_cat_list)
-        _covariate_columns_only(encoder.head.linear.weight, encoder.head.linear.bias, n_cat)
+    elif shared and encoder.uses_head:  # scmixvae 0.1.0's layout
+        if encoder.inject_covariates:
+            linear = encoder.head.linear
+            _covariate_columns_only(linear.weight, linear.bias, sum(encoder.n_cat_list))
+    elif shared:
+        coded = encoder.coded_layer
+        if encoder.trunk is None and not freeze_expression:  # the coded layer is the first
+            for param in coded.linear.parameters():
+                param.requires_grad_(True)
+        elif encoder.coded_takes_covariates:
+            n_cat = sum(encoder.n_cat_list)
+            _covariate_columns_only(coded.linear.weight, coded.linear.bias, n_cat)
+        if coded.batch_norm is not None:  # scvi-tools has frozen its running statistics
+            for param in coded.batch_norm.parameters():
+                param.requires_grad_(not freeze_batchnorm_encoder)
     for module in encoder.modules():
         if isinstance(module, StackedBatchNorm1d):
             module.weight.requires_grad_(not freeze_batchnorm_encoder)

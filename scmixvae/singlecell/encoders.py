@@ -7,6 +7,7 @@ refused by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -21,14 +22,18 @@ SUPPORTED_ENCODER_KWARGS = ("var_eps", "activation_fn", "bias", "use_activation"
 
 
 class CodedFCLayer(nn.Module):
-    r"""One of scVI's encoder layers, applied to :math:`[h, e_s]` for every component code.
+    r"""One of scVI's encoder layers, shifted per component after its normalisation.
 
-    :class:`scvi.nn.FCLayers`' layer (linear, batch norm, layer norm, activation, dropout) with
-    the one-hot code :math:`e_s` of component ``s`` concatenated to its input. The linear part
-    is a :class:`~scmixvae.mixture.ComponentCodedLinear`: :math:`W h` runs once per cell and
-    each component adds its own column. Batch norm pools its statistics over cells and
-    components, as :class:`torch.nn.BatchNorm1d` would on the ``S`` concatenated copies, and
-    each component gets its own dropout mask, so with ``S = 1`` this is exactly scVI's layer.
+    :class:`scvi.nn.FCLayers`' layer (linear, batch norm, layer norm, activation, dropout) runs
+    once per cell up to the batch norm; component ``s`` then adds its code :math:`c_s` to the
+    normalised pre-activation, :math:`a_s = \mathrm{act}(\mathrm{BN}(W h + b) + c_s)`, and gets
+    its own dropout mask. The codes are drawn on the scale of what they shift: uniform on
+    ``[-1, 1]`` after batch norm (unit variance), on the scale of :class:`torch.nn.Linear`'s bias
+    without it. Codes that enter *before* the batch norm, on the bias's scale, are what a
+    one-hot code concatenated to the input gives; on three datasets those components stayed
+    nearly identical (JSD 0.01-0.2, against about 0.9 for separate encoders) and the mixture
+    gained nothing (see the README). With ``S = 1`` the code is a second bias after the norm,
+    so the layer is exactly scVI's (tested).
 
     Parameters
     ----------
@@ -53,20 +58,30 @@ class CodedFCLayer(nn.Module):
         activation_fn: type[nn.Module],
     ):
         super().__init__()
-        self.linear = ComponentCodedLinear(n_components, n_in, n_out, bias=bias)
+        self.linear = nn.Linear(n_in, n_out, bias=bias)
         # scVI's batch-norm settings (its defaults come from the original TensorFlow code)
         self.batch_norm = (
             nn.BatchNorm1d(n_out, momentum=0.01, eps=0.001) if use_batch_norm else None
         )
+        self.code = nn.Parameter(torch.empty(n_components, n_out))
         self.layer_norm = nn.LayerNorm(n_out, elementwise_affine=False) if use_layer_norm else None
         self.activation = activation_fn() if use_activation else None
         self.dropout = nn.Dropout(p=dropout_rate) if dropout_rate > 0 else None
+        self.reset_code()
+
+    @torch.no_grad()
+    def reset_code(self) -> None:
+        """Draw the codes on the scale of the pre-activation they shift."""
+        n_in = self.linear.in_features
+        bound = 1.0 if self.batch_norm is not None else 1 / math.sqrt(max(n_in, 1))
+        nn.init.uniform_(self.code, -bound, bound)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, n_in]`` shared by the components -> ``[B, S, n_out]``."""
-        out = self.linear(h, per_component=False)
+        shared = self.linear(h)
         if self.batch_norm is not None:
-            out = self.batch_norm(out.flatten(0, 1)).view_as(out)
+            shared = self.batch_norm(shared)
+        out = shared.unsqueeze(-2) + self.code
         for layer in (self.layer_norm, self.activation, self.dropout):
             if layer is not None:
                 out = layer(out)
@@ -166,21 +181,19 @@ class SharedTrunkEncoder(nn.Module):
         )
         # the coded layer is scVI's first layer (covariates always) or a later one
         # (covariates only when injected into every layer)
-        self._coded_takes_covariates = self.trunk is None or inject_covariates
+        self.coded_takes_covariates = self.trunk is None or inject_covariates
         n_coded_in = (n_input if self.trunk is None else n_hidden) + (
-            n_cov * self._coded_takes_covariates
+            n_cov * self.coded_takes_covariates
         )
+        self.uses_head = n_head_hidden is not None
         if n_head_hidden is None:
             self.coded_layer = CodedFCLayer(
                 n_components, n_coded_in, n_hidden, activation_fn=activation_fn, **layer_options
             )
             n_out_in = n_hidden
-        else:  # the earlier layout: a plain coded head, no normalisation or dropout
-            self.coded_layer = CodedFCLayer(
-                n_components, n_coded_in, n_head_hidden, dropout_rate=0.0,
-                use_batch_norm=False, use_layer_norm=False, use_activation=True, bias=bias,
-                activation_fn=activation_fn,
-            )  # fmt: skip
+        else:  # the 0.1.0 layout, with its attribute names so that its weights still fit
+            self.head = ComponentCodedLinear(n_components, n_coded_in, n_head_hidden, bias=bias)
+            self.head_activation = activation_fn()
             n_out_in = n_head_hidden
         # mean and variance from one map: one matmul over [B, S, n_out_in] instead of two
         self.head_out = ComponentCodedLinear(n_components, n_out_in, 2 * n_output)
@@ -189,8 +202,8 @@ class SharedTrunkEncoder(nn.Module):
         """Number of parameters shared by every component (the trunk and the coded layer's
         shared weights)."""
         trunk = 0 if self.trunk is None else sum(p.numel() for p in self.trunk.parameters())
-        linear = self.coded_layer.linear.linear
-        return trunk + sum(p.numel() for p in linear.parameters())
+        coded = self.head.linear if self.uses_head else self.coded_layer.linear
+        return trunk + sum(p.numel() for p in coded.parameters())
 
     def _covariates(self, cat_list: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
         one_hot = [
@@ -207,10 +220,13 @@ class SharedTrunkEncoder(nn.Module):
                 f"expected {len(self.n_cat_list)} categorical covariates, got {len(cat_list)}."
             )
         h = x if self.trunk is None else self.trunk(x, *cat_list)
-        covariates = self._covariates(cat_list) if self._coded_takes_covariates else None
+        covariates = self._covariates(cat_list) if self.coded_takes_covariates else None
         if covariates is not None:
             h = torch.cat((h, covariates.to(h.dtype)), dim=-1)
-        hidden = self.coded_layer(h)  # [B, S, H]
+        if self.uses_head:
+            hidden = self.head_activation(self.head(h, per_component=False))  # [B, S, H]
+        else:
+            hidden = self.coded_layer(h)
         loc, raw_var = self.head_out(hidden, per_component=True).split(self.n_output, dim=-1)
         var = self.var_activation(raw_var) + self.var_eps
         return MixtureNormal(loc.transpose(0, 1), var.sqrt().transpose(0, 1))

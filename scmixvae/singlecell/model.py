@@ -374,12 +374,12 @@ class MixSCVI(
         GeneMismatchError
             If ``adata``'s genes (or their order) differ from the saved model's.
         ValueError
-            If the model was saved with the shared encoder's earlier layout.
+            If the model was saved with the shared encoder of scmixvae 0.1.0.
         """
         path = Path(dir_path) / f"{prefix or ''}model.pt"
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=False)
-            check_shared_encoder_layout(saved.get("model_state_dict", {}), dir_path)
+            check_shared_encoder_layout(saved, dir_path)
             if adata is not None:
                 check_same_genes(
                     saved["var_names"], adata.var_names, f"the model saved in {dir_path}"

@@ -43,20 +43,30 @@ def check_same_genes(expected: Sequence[str], given: Sequence[str], what: str) -
     raise GeneMismatchError(f"the genes of this AnnData do not match {what}: {detail}.")
 
 
-def check_shared_encoder_layout(state_dict: dict, where: str | os.PathLike) -> None:
-    """Refuse a model saved with the shared encoder's layout of scmixvae 0.1.0.
+def _sets_head_width(init_params: dict) -> bool:
+    kwargs = init_params.get("kwargs", {})
+    return any("n_head_hidden" in group for group in kwargs.values() if isinstance(group, dict))
 
-    That encoder had a coded head (``z_encoder.head.*``) after all of scVI's layers; the
-    current one codes scVI's last layer (``z_encoder.coded_layer.*``), so its weights do not
-    fit and scvi-tools would fail with a list of missing keys.
+
+def check_shared_encoder_layout(saved: dict, where: str | os.PathLike) -> None:
+    """Refuse, with the way out, a model saved with scmixvae 0.1.0's shared encoder.
+
+    That encoder had a coded head (``z_encoder.head.*``) after scVI's layers without a
+    ``n_head_hidden`` to say so; this version builds that layout only when ``n_head_hidden``
+    is given, so scvi-tools would fail with a list of missing keys.
     """
-    if any(key.startswith("z_encoder.head.") for key in state_dict):
-        raise ValueError(
-            f"the model saved in {where} uses the shared encoder's earlier layout (a coded head "
-            "after scVI's encoder layers), which this version no longer loads by default; "
-            "retrain it, or rebuild it with MixSCVI(..., shared_encoder=True, n_head_hidden=64) "
-            "and copy its weights, renaming 'z_encoder.head.' to 'z_encoder.coded_layer.linear.'."
-        )
+    state = saved.get("model_state_dict", {})
+    if not any(key.startswith("z_encoder.head.") for key in state):
+        return
+    if _sets_head_width(saved.get("attr_dict", {}).get("init_params_", {})):
+        return
+    raise ValueError(
+        f"the model saved in {where} has the shared encoder of scmixvae 0.1.0 (a 64-unit coded "
+        "head after scVI's layers), which this version builds only when asked: create "
+        "MixSCVI(adata, <its settings>, shared_encoder=True, n_head_hidden=64) and load "
+        "its weights: state = torch.load(path, weights_only=False)['model_state_dict']; "
+        "state.pop('pyro_param_store', None); model.module.load_state_dict(state)."
+    )
 
 
 def atomic_save_dir(save_fn, dir_path: str | os.PathLike, overwrite: bool) -> None:
