@@ -11,12 +11,13 @@ DEMO_EPOCHS ?= 100
 # head after scVI's layer), kept so that the earlier rows are reproduced as they were run.
 CONVERGED_ARGS ?= --datasets sorted_pbmc mouse_bladder worm_neuron --seeds 0 1 2 3 4 \
 	--models scvi S1 S5 S5:ensemble S5:shared:A1 S50:shared:A1 S200:shared:A1 \
-	S5:shared:A1:H64 S20:shared:A1:H64 S50:shared:A1:H64 S200:shared:A1:H64 \
+	S1:shared:H64 S5:shared:A1:H64 S20:shared:A1:H64 S50:shared:A1:H64 S200:shared:A1:H64 \
 	--max-epochs 800 --patience 20 --kl-warmup-epochs 20 --n-mc-samples 1000 \
 	--curve-models scvi S5 S50:shared:A1 S200:shared:A1 --curve-every 10 --curve-samples 100 \
 	--out benchmarks/results/converged --resume
 # the same protocol with 5x the early-stopping patience: is the mixtures' gain a stopping artefact?
-PATIENCE_ARGS ?= --datasets sorted_pbmc --seeds 0 1 2 --models scvi S5:shared:A1:H64 S5:shared:A1 \
+PATIENCE_ARGS ?= --datasets sorted_pbmc --seeds 0 1 2 \
+	--models scvi S5 S5:shared:A1 S1:shared:H64 S5:shared:A1:H64 \
 	--max-epochs 800 --patience 100 --kl-warmup-epochs 20 --n-mc-samples 1000 \
 	--curve-models scvi S5:shared:A1:H64 S5:shared:A1 --curve-every 10 --curve-samples 100 \
 	--out benchmarks/results/converged_patience100 --resume
@@ -56,7 +57,10 @@ bench: install
 		--epochs 10 --warmup-epochs 5 --total-samples 1000 --test-subset 1000 \
 		--stem image_vanilla_mnist_shared_encoder --threads 1 --resume
 	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 3 --epochs 4 --stem cost_large_s \
-		--models scvi S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
+		--models scvi S5 S5:A1 S5:shared:A1:H64 S50:shared:A1:H64 S200:shared:A1:H64
+	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 2 --epochs 4 \
+		--stem cost_shared_layouts --models scvi S5:shared:A1 S50:shared:A1 S200:shared:A1 \
+		S5:shared:A1:H64 S200:shared:A1:H64
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
 		--repeats 2 --epochs 3 --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \

@@ -130,7 +130,16 @@ def test_cost_refuses_an_untimed_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "code", ["scvi", "S1", "S5", "S5:ensemble", "S50:shared:A1", "S20:some_to_some:shared:A2"]
+    "code",
+    [
+        "scvi",
+        "S1",
+        "S5",
+        "S5:ensemble",
+        "S50:shared:A1",
+        "S20:some_to_some:shared:A2",
+        "S5:shared:A1:H64",
+    ],
 )
 def test_model_codes_round_trip(code):
     spec = ModelSpec.parse(code)
@@ -145,6 +154,12 @@ def test_model_codes_are_checked():
         ModelSpec.parse("vae")
     assert ModelSpec.parse("S50:shared:A1").name == "MixSCVI(S=50, shared, A=1)"
     assert model_family("MixSCVI(S=50, shared, A=1)") == "shared, A=1"
+    # H<n>: the shared encoder of scmixvae 0.1.0, a row name of its own
+    earlier = ModelSpec.parse("S5:shared:A1:H64")
+    assert earlier.name == "MixSCVI(S=5, shared, A=1, head=64)"
+    assert earlier.name != ModelSpec.parse("S5:shared:A1").name
+    with pytest.raises(ValueError, match="add 'shared'"):
+        ModelSpec.parse("S5:H64")
 
 
 def test_image_cost_harness(tmp_path, data_dir):
