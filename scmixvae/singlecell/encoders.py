@@ -91,14 +91,14 @@ class CodedFCLayer(nn.Module):
 class SharedTrunkEncoder(nn.Module):
     r"""``S`` Gaussian encoders amortized over one network (Hotti et al., 2024).
 
-    Each component is scVI's :class:`scvi.nn.Encoder` with the component's one-hot code
-    :math:`e_s` concatenated to the input of its last hidden layer. The layers before it
+    Each component is scVI's :class:`scvi.nn.Encoder` whose last hidden layer is shifted, after
+    its batch norm, by the component's learned code (:class:`CodedFCLayer`). The layers before it
     (:class:`scvi.nn.FCLayers`, with covariates, batch or layer normalisation and dropout) form
     a trunk that runs once per cell; the last hidden layer (:class:`CodedFCLayer`) and the
     mean/variance map (:class:`~scmixvae.mixture.ComponentCodedLinear`) run for all ``S``
     components as one broadcast operation. A component costs ``n_hidden + 2 * n_output``
-    parameters. With scVI's default ``n_layers=1`` the trunk is empty and the code enters the
-    first layer, beside the genes. With ``S = 1`` the module is exactly an
+    parameters. With scVI's default ``n_layers=1`` the trunk is empty and the coded layer is
+    the first, the one that reads the genes. With ``S = 1`` the module is exactly an
     :class:`scvi.nn.Encoder` of ``n_layers`` layers (tested).
 
     ``n_head_hidden`` selects the earlier layout instead: the trunk has all ``n_layers`` layers
