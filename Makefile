@@ -17,7 +17,7 @@ CONVERGED_ARGS ?= --datasets sorted_pbmc mouse_bladder worm_neuron --seeds 0 1 2
 	--out benchmarks/results/converged --resume
 # the same protocol with 5x the early-stopping patience: is the mixtures' gain a stopping artefact?
 PATIENCE_ARGS ?= --datasets sorted_pbmc --seeds 0 1 2 \
-	--models scvi S5 S5:shared:A1 S1:shared:H64 S5:shared:A1:H64 \
+	--models scvi S1 S5 S5:shared:A1 S1:shared:H64 S5:shared:A1:H64 \
 	--max-epochs 800 --patience 100 --kl-warmup-epochs 20 --n-mc-samples 1000 \
 	--curve-models scvi S5:shared:A1:H64 S5:shared:A1 --curve-every 10 --curve-samples 100 \
 	--out benchmarks/results/converged_patience100 --resume
