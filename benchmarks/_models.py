@@ -1,10 +1,11 @@
 """The compared single-cell models, named the same way by every benchmark script.
 
-A model is written on the command line as ``scvi`` or ``S<n>[:<option>...]`` with options
+A model is written on the command line as ``scvi[:L<n>]`` or ``S<n>[:<option>...]`` with options
 ``ensemble`` / ``some_to_some`` (the objective), ``shared`` (amortized encoder), ``A<n>``
-(components sampled per step) and ``H<n>`` (the shared encoder's earlier layout, with a coded
-head of ``n`` units; results up to commit cb8f48b used ``H64``): ``S5``, ``S5:ensemble``,
-``S50:shared:A1``, ``S50:shared:A1:H64``.
+(components sampled per step), ``H<n>`` (the shared encoder's earlier layout, with a coded
+head of ``n`` units; results up to commit cb8f48b used ``H64``) and ``L<n>`` (``n_layers``
+hidden layers in the encoder *and* the decoder, as scvi-tools' ``n_layers``): ``S5``,
+``S5:ensemble``, ``S50:shared:A1``, ``S50:shared:A1:H64``, ``scvi:L2``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ModelSpec:
     shared_encoder: bool = False
     n_sampled_components: int | None = None
     n_head_hidden: int | None = None
+    n_layers: int = 1
 
     def _settings(self, equals: str) -> list[str]:
         parts = [f"S{equals}{self.n_components}"]
@@ -40,6 +42,8 @@ class ModelSpec:
         if self.n_head_hidden is not None:
             head = self.n_head_hidden
             parts.append(f"head={head}" if equals else f"H{head}")
+        if self.n_layers != 1:
+            parts.append(f"n_layers={self.n_layers}" if equals else f"L{self.n_layers}")
         return parts
 
     @property
@@ -48,24 +52,40 @@ class ModelSpec:
         return ", ".join(self._settings("="))
 
     @property
+    def is_reference(self) -> bool:
+        """Whether this is scvi-tools' SCVI with its defaults (every row is paired to it)."""
+        return self.kind == "scvi" and self.n_layers == 1
+
+    @property
+    def has_image_form(self) -> bool:
+        """False for SCVI and the single-cell-only options ``H<n>`` and ``L<n>``."""
+        return self.kind == "mixscvi" and self.n_head_hidden is None and self.n_layers == 1
+
+    @property
     def name(self) -> str:
         """Row label, e.g. ``MixSCVI(S=50, shared, A=1)``; earlier results used the same."""
-        return "SCVI" if self.kind == "scvi" else f"MixSCVI({self.label})"
+        if self.kind == "scvi":
+            return "SCVI" if self.is_reference else f"SCVI(n_layers={self.n_layers})"
+        return f"MixSCVI({self.label})"
 
     @property
     def code(self) -> str:
         """The command-line spelling (inverse of :meth:`parse`)."""
-        return "scvi" if self.kind == "scvi" else ":".join(self._settings(""))
+        if self.kind == "scvi":
+            return "scvi" if self.is_reference else f"scvi:L{self.n_layers}"
+        return ":".join(self._settings(""))
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        """``scvi``, ``S5``, ``S5:ensemble``, ``S50:shared:A1``, ..."""
-        if text.lower() == "scvi":
-            return cls("scvi")
+        """``scvi``, ``scvi:L2``, ``S5``, ``S5:ensemble``, ``S50:shared:A1``, ..."""
         head, *options = text.split(":")
+        if head.lower() == "scvi":
+            if len(options) > 1 or not all(re.fullmatch(r"L[1-9]\d*", o) for o in options):
+                raise ValueError(f"model {text!r}: SCVI takes only the option L<n> (n_layers).")
+            return cls("scvi", n_layers=int(options[-1][1:]) if options else 1)
         match = re.fullmatch(r"S(\d+)", head)
         if match is None:
-            raise ValueError(f"model {text!r}: expected 'scvi' or 'S<n>[:options]'.")
+            raise ValueError(f"model {text!r}: expected 'scvi[:L<n>]' or 'S<n>[:options]'.")
         fields = {"n_components": int(match.group(1))}
         for option in options:
             if option in ("ensemble", "some_to_some", "miselbo"):
@@ -76,6 +96,8 @@ class ModelSpec:
                 fields["n_sampled_components"] = int(option[1:])
             elif re.fullmatch(r"H\d+", option):
                 fields["n_head_hidden"] = int(option[1:])
+            elif re.fullmatch(r"L[1-9]\d*", option):
+                fields["n_layers"] = int(option[1:])
             else:
                 raise ValueError(f"model {text!r}: unknown option {option!r}.")
         if "n_head_hidden" in fields and not fields.get("shared_encoder"):
@@ -91,7 +113,7 @@ class ModelSpec:
         cls = scvi.model.SCVI if self.kind == "scvi" else MixSCVI
         cls.setup_anndata(adata, layer=layer, **setup)
         if self.kind == "scvi":
-            return cls(adata, **ARCHITECTURE)
+            return cls(adata, n_layers=self.n_layers, **ARCHITECTURE)
         return cls(
             adata,
             n_components=self.n_components,
@@ -99,5 +121,6 @@ class ModelSpec:
             shared_encoder=self.shared_encoder,
             n_sampled_components=self.n_sampled_components,
             **({} if self.n_head_hidden is None else {"n_head_hidden": self.n_head_hidden}),
+            n_layers=self.n_layers,
             **ARCHITECTURE,
         )

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
     specs = [ModelSpec.parse(m) for m in args.models]
-    if not any(spec.kind == "scvi" for spec in specs):
+    if not any(spec.is_reference for spec in specs):
         parser.error("--models must include scvi: every ratio is to SCVI")
     if args.child is not None:
         print(json.dumps(run_child(int(args.child[0]), ModelSpec.parse(args.child[1]), args)))

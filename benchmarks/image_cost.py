@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
     specs = [ModelSpec.parse(m) for m in args.models]
-    if any(spec.n_head_hidden is not None for spec in specs):
-        parser.error("H<n> (the single-cell shared encoder's earlier layout) has no image form")
+    if not all(spec.has_image_form for spec in specs):
+        parser.error("scvi, H<n> and L<n> are single-cell models or options with no image form")
     if args.child is not None:
         print(json.dumps(run_child(ModelSpec.parse(args.child), args)))
         return []

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = [ModelSpec.parse(m) for m in args.models or [f"S{n}" for n in args.components]]
-    if any(spec.n_head_hidden is not None for spec in specs):
-        parser.error("H<n> (the single-cell shared encoder's earlier layout) has no image form")
+    if not all(spec.has_image_form for spec in specs):
+        parser.error("scvi, H<n> and L<n> are single-cell models or options with no image form")
 
     rows = []
     for spec in specs:

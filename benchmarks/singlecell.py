@@ -212,7 +212,7 @@ def with_paired_differences(rows: list[dict]) -> list[dict]:
     comes from the seed and shows whether a gap is larger than the run-to-run noise.
     """
     reference = {r["seed"]: r["heldout_marginal_ll"] for r in rows
-                 if r["kind"] == "scvi" and "heldout_marginal_ll" in r}  # fmt: skip
+                 if r["model"] == "SCVI" and "heldout_marginal_ll" in r}  # fmt: skip
     paired = []
     for row in rows:
         row = dict(row)
@@ -252,9 +252,10 @@ def _table(summary: pd.DataFrame, columns: list[str]) -> list[str]:
 
 
 def model_family(name: str) -> str:
-    """The configuration without its ``S``: ``MixSCVI(S=50, shared, A=1)`` -> ``shared, A=1``."""
-    if name == "SCVI":
-        return "SCVI"
+    """The configuration without its ``S``: ``MixSCVI(S=50, shared, A=1)`` -> ``shared, A=1``;
+    SCVI rows (``SCVI``, ``SCVI(n_layers=2)``) keep their name."""
+    if name.startswith("SCVI"):
+        return name
     rest = re.sub(r"S=\d+(, )?", "", name.removeprefix("MixSCVI(").removesuffix(")"))
     return rest or "MISELBO"
 
@@ -269,8 +270,9 @@ def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
     for ax, metric in zip(np.atleast_1d(axes), panels, strict=True):
         for family in dict.fromkeys(families):
             rows = summary[families == family].sort_values("S")
-            if family == "SCVI":
-                ax.axhline(rows[metric].iloc[0], ls="--", c="grey", label="SCVI")
+            if family.startswith("SCVI"):
+                ax.axhline(rows[metric].iloc[0], ls="--" if family == "SCVI" else ":", c="grey",
+                           label=family)  # fmt: skip
                 continue
             ax.errorbar(rows["S"], rows[metric], yerr=rows[metric + "_std"], fmt="o-",
                         label=f"MixSCVI, {family}", capsize=2)  # fmt: skip
@@ -411,7 +413,7 @@ def run_dataset(dataset: str, args) -> dict:
                 log.write(json.dumps(row) + "\n")
             if spec.name in umap_names and spec.name not in kept:
                 kept[spec.name] = model
-    if args.report_only and not any(r["kind"] == "scvi" for r in rows):
+    if args.report_only and not any(r["model"] == "SCVI" for r in rows):
         raise FileNotFoundError(
             f"--report-only: no finished SCVI rows for {stem} among --seeds with these settings "
             "(the report is paired with SCVI)."

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import cost
 from benchmarks._models import ModelSpec
-from benchmarks.singlecell import _reusable_rows, main, model_family
+from benchmarks.singlecell import _reusable_rows, main, model_family, with_paired_differences
 
 TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
         "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
@@ -139,6 +139,8 @@ def test_cost_refuses_an_untimed_run(tmp_path):
         "S50:shared:A1",
         "S20:some_to_some:shared:A2",
         "S5:shared:A1:H64",
+        "scvi:L2",
+        "S1:L2",
     ],
 )
 def test_model_codes_round_trip(code):
@@ -160,6 +162,32 @@ def test_model_codes_are_checked():
     assert earlier.name != ModelSpec.parse("S5:shared:A1").name
     with pytest.raises(ValueError, match="add 'shared'"):
         ModelSpec.parse("S5:H64")
+    # L<n>: scvi-tools' n_layers; only plain SCVI is the reference every row is paired with
+    deeper = ModelSpec.parse("scvi:L2")
+    assert (deeper.name, deeper.n_layers, deeper.is_reference) == ("SCVI(n_layers=2)", 2, False)
+    assert ModelSpec.parse("scvi").is_reference
+    for bad in ("scvi:A1", "scvi:L2:L3", "S5:L0"):
+        with pytest.raises(ValueError):
+            ModelSpec.parse(bad)
+    assert not deeper.has_image_form and not earlier.has_image_form
+    assert ModelSpec.parse("S50:shared:A1").has_image_form
+
+
+def test_deeper_scvi_is_built_deeper_and_not_the_reference():
+    import anndata as ad
+    import numpy as np
+
+    counts = np.random.default_rng(0).poisson(3.0, size=(40, 25)).astype(np.float32)
+    deeper = ModelSpec.parse("scvi:L2").build(ad.AnnData(counts))
+    plain = ModelSpec.parse("scvi").build(ad.AnnData(counts))
+    assert deeper.module.n_layers == 2 and plain.module.n_layers == 1
+    assert len(deeper.module.z_encoder.encoder.fc_layers) == 2
+    rows = [
+        {"model": "SCVI(n_layers=2)", "kind": "scvi", "seed": 0, "heldout_marginal_ll": -5.0},
+        {"model": "SCVI", "kind": "scvi", "seed": 0, "heldout_marginal_ll": -7.0},
+    ]
+    paired = with_paired_differences(rows)
+    assert [r["heldout_ll_minus_scvi"] for r in paired] == [2.0, 0.0]
 
 
 def test_image_cost_harness(tmp_path, data_dir):
