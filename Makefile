@@ -16,8 +16,9 @@ CONVERGED_ARGS ?= --datasets sorted_pbmc mouse_bladder worm_neuron --seeds 0 1 2
 	--curve-models scvi S5 S50:shared:A1 S200:shared:A1 --curve-every 10 --curve-samples 100 \
 	--out benchmarks/results/converged --resume
 # the same protocol with 5x the early-stopping patience: is the mixtures' gain a stopping artefact,
-# or encoder depth? (scvi:L2 is scvi-tools' SCVI with n_layers=2; sorted PBMC 5 seeds, bladder 3)
-PATIENCE_MODELS ?= scvi scvi:L2 S1 S5 S5:shared:A1 S1:shared:H64 S5:shared:A1:H64
+# or depth? (scvi:L2 is scvi-tools' SCVI with n_layers=2, :L2 the same depth for MixSCVI)
+PATIENCE_MODELS ?= scvi scvi:L2 S1 S5 S5:shared:A1 S1:shared:H64 S5:shared:A1:H64 \
+	S5:shared:A1:L2 S5:L2
 PATIENCE_SETTINGS ?= --max-epochs 800 --patience 100 --kl-warmup-epochs 20 --n-mc-samples 1000 \
 	--curve-models scvi S5:shared:A1:H64 S5:shared:A1 --curve-every 10 --curve-samples 100 \
 	--out benchmarks/results/converged_patience100 --resume
@@ -66,6 +67,8 @@ bench: install
 	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 2 --epochs 4 \
 		--stem cost_shared_layouts --models scvi S5:shared:A1 S50:shared:A1 S200:shared:A1 \
 		S5:shared:A1:H64 S200:shared:A1:H64
+	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 2 --epochs 4 --stem cost_depth \
+		--models scvi scvi:L2 S5 S5:L2 S5:shared:A1:L2
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
 		--repeats 2 --epochs 3 --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
