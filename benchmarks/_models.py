@@ -17,6 +17,8 @@ from scmixvae.mixture import DEFAULT_OBJECTIVE
 
 # the architecture of every benchmark (the method's paper: n_latent 10, n_hidden 128, ZINB)
 ARCHITECTURE = {"n_latent": 10, "n_hidden": 128, "gene_likelihood": "zinb"}
+# the row name of scvi-tools' SCVI with its defaults: every result is paired with it
+REFERENCE = "SCVI"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class ModelSpec:
     def name(self) -> str:
         """Row label, e.g. ``MixSCVI(S=50, shared, A=1)``; earlier results used the same."""
         if self.kind == "scvi":
-            return "SCVI" if self.is_reference else f"SCVI(n_layers={self.n_layers})"
+            return REFERENCE if self.is_reference else f"SCVI(n_layers={self.n_layers})"
         return f"MixSCVI({self.label})"
 
     @property

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
-from ._models import ModelSpec
+from ._models import REFERENCE, ModelSpec
 from ._report import write_report
 from ._timing import EpochTimer
 from .scale import synthetic_counts
@@ -104,7 +104,7 @@ def merge_repeats(rows: list[dict]) -> list[dict]:
 
 def add_ratios(rows: list[dict]) -> None:
     """Each row's epoch time and memory increase relative to SCVI on the same cells."""
-    reference = {r["n_cells"]: r for r in rows if r["model"] == "SCVI"}
+    reference = {r["n_cells"]: r for r in rows if r["model"] == REFERENCE}
     for row in rows:
         scvi_row = reference.get(row["n_cells"])
         if scvi_row is None:

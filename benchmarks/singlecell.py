@@ -51,7 +51,7 @@ from sklearn.svm import SVC
 from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
-from ._models import ModelSpec
+from ._models import REFERENCE, ModelSpec
 from ._report import command_line, write_report
 
 RESULTS = Path(__file__).parent / "results"
@@ -212,7 +212,7 @@ def with_paired_differences(rows: list[dict]) -> list[dict]:
     comes from the seed and shows whether a gap is larger than the run-to-run noise.
     """
     reference = {r["seed"]: r["heldout_marginal_ll"] for r in rows
-                 if r["model"] == "SCVI" and "heldout_marginal_ll" in r}  # fmt: skip
+                 if r["model"] == REFERENCE and "heldout_marginal_ll" in r}  # fmt: skip
     paired = []
     for row in rows:
         row = dict(row)
@@ -271,7 +271,7 @@ def plot_metrics(summary: pd.DataFrame, path: Path, title: str) -> None:
         for family in dict.fromkeys(families):
             rows = summary[families == family].sort_values("S")
             if family.startswith("SCVI"):
-                ax.axhline(rows[metric].iloc[0], ls="--" if family == "SCVI" else ":", c="grey",
+                ax.axhline(rows[metric].iloc[0], ls="--" if family == REFERENCE else ":", c="grey",
                            label=family)  # fmt: skip
                 continue
             ax.errorbar(rows["S"], rows[metric], yerr=rows[metric + "_std"], fmt="o-",
@@ -413,13 +413,13 @@ def run_dataset(dataset: str, args) -> dict:
                 log.write(json.dumps(row) + "\n")
             if spec.name in umap_names and spec.name not in kept:
                 kept[spec.name] = model
-    if args.report_only and not any(r["model"] == "SCVI" for r in rows):
+    if args.report_only and not any(r["model"] == REFERENCE for r in rows):
         raise FileNotFoundError(
             f"--report-only: no finished SCVI rows for {stem} among --seeds with these settings "
             "(the report is paired with SCVI)."
         )
     summary = summarise(with_paired_differences(rows))
-    scvi_time = summary.loc["SCVI", "seconds_per_epoch"]
+    scvi_time = summary.loc[REFERENCE, "seconds_per_epoch"]
     summary["epoch_time_vs_scvi"] = summary["seconds_per_epoch"] / scvi_time
     summary["epoch_time_vs_scvi_std"] = summary["seconds_per_epoch_std"] / scvi_time
 

@@ -104,8 +104,8 @@ class SharedTrunkEncoder(nn.Module):
     ``n_head_hidden`` selects the earlier layout instead: the trunk has all ``n_layers`` layers
     and a coded head of ``n_head_hidden`` units follows it (an :class:`scvi.nn.Encoder` of
     ``n_layers + 1`` layers at ``S = 1``), as in scmixvae 0.1.0. On sorted PBMC trained to 800
-    epochs it beat SCVI by 1.5 nats per cell, but 1.3 of those came from the extra layer,
-    since it did as well at ``S = 1`` (see the README).
+    epochs it beat SCVI by 1.6 nats per cell, but 1.2 of those came from the extra layer,
+    since it got them at ``S = 1`` too (4 seeds; see the README).
 
     Parameters
     ----------
