@@ -20,6 +20,20 @@ def write_report(stem: Path, payload: Any, lines: list[str]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
+def machine_description() -> str:
+    """The device torch computes on here: the GPU's name, or the CPU and its torch threads."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch "
+        f"threads, torch {torch.__version__}"
+    )
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The shell command that ran ``module`` with ``argv`` (``None``: this process's arguments)."""
     return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)

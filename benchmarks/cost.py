@@ -36,7 +36,7 @@ import numpy as np
 
 from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
 from ._models import REFERENCE, ModelSpec
-from ._report import write_report
+from ._report import machine_description, write_report
 from ._timing import EpochTimer
 from .scale import synthetic_counts
 
@@ -46,6 +46,7 @@ RESULTS = Path(__file__).parent / "results"
 def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:
     """Train one model on ``n_cells`` synthetic cells and measure it (runs in a child process)."""
     import scvi
+    import torch
 
     scvi.settings.seed = 0
     adata = synthetic_counts(n_cells, args.genes)
@@ -83,6 +84,11 @@ def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:
         "peak_rss_gb_training": peak,
         "training_rss_increase_gb": peak - rss_with_data,
         "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
+        "device": machine_description(),
+        # on a GPU the model's memory is there, not in the resident set
+        "gpu_peak_gb": torch.cuda.max_memory_allocated() / 1e9
+        if torch.cuda.is_available()
+        else None,
     }
 
 
@@ -151,21 +157,30 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    device = rows[0].get("device", "2-core CPU") if rows else "2-core CPU"
+    on_gpu = any(r.get("gpu_peak_gb") is not None for r in rows)
     lines = [
         "# Cost of MixSCVI against SCVI (protocol 4)",
         "",
         f"Synthetic Poisson counts, {args.genes} genes; n_latent 10, n_hidden 128, ZINB, "
         f"batch {args.batch_size}; at least {args.epochs} epochs and {args.min_steps} steps per "
         "model, seconds per epoch = median of the second half of the epochs; one process per "
-        f"model and size, run one at a time on an otherwise idle 2-core CPU, {args.repeats} "
+        f"model and size, run one at a time on an otherwise idle {device}, {args.repeats} "
         "repeat(s) with the models interleaved; s / epoch is the fastest repeat (others are "
         "listed: load from other tenants of the machine only adds time). Memory: peak resident "
         "set while training (median over repeats); its increase over the resident set once the "
-        "data are loaded is what the model itself adds.",
+        "data are loaded is what the model itself adds."
+        + (
+            " On the GPU the model's memory is on the device: GPU peak is torch's peak "
+            "allocated GPU memory."
+            if on_gpu
+            else ""
+        ),
         "",
         "| cells | model | parameters | s / epoch | time vs SCVI | repeats (s / epoch) | "
-        "peak RSS (GB) | increase over data (GB) | increase vs SCVI |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "peak RSS (GB) | increase over data (GB) | increase vs SCVI |"
+        + (" GPU peak (GB) |" if on_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else ""),
     ]
     order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
     for row in sorted(rows, key=lambda r: (r["n_cells"], order[r["model"]])):
@@ -175,6 +190,7 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
             f"{', '.join(f'{t:.2f}' for t in row.get('repeat_seconds_per_epoch', []))} | "
             f"{row['peak_rss_gb_training']:.2f} | {row['training_rss_increase_gb']:.3f} | "
             f"{row.get('rss_increase_vs_scvi', np.nan):.2f}x |"
+            + (f" {row['gpu_peak_gb']:.3f} |" if on_gpu else "")
         )
     return lines
 
@@ -217,15 +233,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
-    merged = merge_repeats(rows)
-    add_ratios(merged)
-    stem = args.out / args.stem
-    lines = report_lines(merged, args)
-    payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": merged, "runs": rows}
-    write_report(stem, payload, lines)
-    plot(merged, stem.with_suffix(".png"))
+                # rewritten after every run, so that a run cut short keeps what it measured
+                merged, lines = _write(rows, args)
+    plot(merged, (args.out / args.stem).with_suffix(".png"))
     print("\n".join(lines))
     return merged
+
+
+def _write(rows: list[dict], args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Write the report of the runs so far; return its rows and markdown lines."""
+    merged = merge_repeats(rows)
+    add_ratios(merged)
+    lines = report_lines(merged, args)
+    payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": merged, "runs": rows}
+    write_report(args.out / args.stem, payload, lines)
+    return merged, lines
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ._models import ModelSpec
-from ._report import command_line, write_report
+from ._report import command_line, machine_description, write_report
 from ._timing import EpochTimer
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,6 +53,7 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
         "seconds_per_epoch": statistics.median(timer.seconds[1:]),
         "n_parameters": summary["n_parameters"],
         "torch_threads": torch.get_num_threads(),
+        "device": machine_description(),
     }
 
 
@@ -98,11 +98,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
-    rows = summarise(runs, specs)
-    stem = args.out / (args.stem or f"image_cost_{args.arch}")
-    lines = report_lines(rows, args)
-    payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": rows, "runs": runs}
-    write_report(stem, payload, lines)
+            # rewritten after every run, so that a run cut short keeps what it measured
+            done_specs = [s for s in specs if any(r["code"] == s.code for r in runs)]
+            rows = summarise(runs, done_specs)
+            lines = report_lines(rows, args)
+            payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": rows,
+                       "runs": runs}  # fmt: skip
+            write_report(args.out / (args.stem or f"image_cost_{args.arch}"), payload, lines)
     print("\n".join(lines))
     return rows
 
@@ -128,8 +130,7 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
         f"{args.subset or 50_000} training images per epoch, batch 100; the training part of "
         f"epochs 2..{args.epochs} (validation excluded), median over them; fastest of "
         f"{args.repeats} interleaved repeat(s) (all listed); one process per run, one run at a "
-        f"time on {platform.processor() or platform.machine()} with "
-        f"{rows[0]['torch_threads']} torch threads. Ratios are to S=1 from the same run.",
+        f"time on {rows[0].get('device', 'CPU')}. Ratios are to S=1 from the same run.",
         "",
         f"Command: `{args.command}`",
         "",

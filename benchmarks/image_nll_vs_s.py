@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +32,7 @@ from scmixvae.image.training import ImageTrainConfig, evaluate, train
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
-from ._report import command_line, write_report
+from ._report import command_line, machine_description, write_report
 
 HERE = Path(__file__).parent
 
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"batch 100, {'all' if args.subset is None else args.subset} training images",
         "importance_samples": f"{args.total_samples} per test image in total, split over S "
         "components; NLL in nats",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+        "machine": machine_description(),
         "command": command_line("benchmarks.image_nll_vs_s", argv),
         "rows": rows,
     }

@@ -122,6 +122,45 @@ def test_cost_harness_end_to_end(tmp_path):
     assert (tmp_path / "cost.png").stat().st_size > 0
 
 
+def _fail_after_first_run(monkeypatch, module, row: dict) -> None:
+    """Make the cost script's first child print ``row`` and every later one fail."""
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(row), stderr="")
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="killed")
+
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+
+
+def test_cost_reports_keep_the_runs_finished_before_a_failure(tmp_path, monkeypatch):
+    """A cost run cut short (a timeout on a lent GPU) still leaves the models it measured."""
+    from benchmarks import image_cost
+
+    sc_row = {"model": "SCVI", "code": "scvi", "n_cells": 300, "n_parameters": 10,
+              "seconds_per_epoch": 0.5, "peak_rss_gb_training": 1.0, "device": "test GPU",
+              "training_rss_increase_gb": 0.1, "gpu_peak_gb": 0.2}  # fmt: skip
+    _fail_after_first_run(monkeypatch, cost, sc_row)
+    with pytest.raises(SystemExit):
+        cost.main(["--cells", "300", "--models", "scvi", "S2", "--out", str(tmp_path)])
+    report = (tmp_path / "cost.md").read_text()
+    assert "| 300 | SCVI | 10 | 0.500 | 1.00x |" in report and "S=2" not in report
+    assert "idle test GPU" in report and "GPU peak (GB)" in report
+
+    image_row = {"model": "S=1", "code": "S1", "seconds_per_epoch": 2.0, "n_parameters": 5,
+                 "device": "test GPU"}  # fmt: skip
+    _fail_after_first_run(monkeypatch, image_cost, image_row)
+    with pytest.raises(SystemExit):
+        image_cost.main(["--models", "S1", "S5", "--out", str(tmp_path)])
+    report = (tmp_path / "image_cost_vanilla.md").read_text()
+    assert "| S=1 | 5 | 2.00 | 1.00x |" in report and "S=5" not in report
+    assert "test GPU" in report
+
+
 def test_cost_refuses_an_untimed_run(tmp_path):
     with pytest.raises(SystemExit):
         cost.main(["--epochs", "1", "--out", str(tmp_path)])

@@ -313,6 +313,29 @@ def test_image_training_resumes_exactly(tmp_path, data_dir):
         train(_config(epochs=4, n_components=3), tmp_path / "resumed", resume=True)
 
 
+def test_resumed_training_keeps_the_new_patience(tmp_path, data_dir):
+    """Lightning restores early stopping's patience from the checkpoint unless told not to."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from scmixvae.image.training import train
+
+    class RecordPatience(pl.Callback):
+        def __init__(self):
+            self.seen: list[int] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            stopper = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
+            self.seen.append(stopper.patience)
+
+    train(_config(epochs=1, patience=1), tmp_path, progress_bar=False)
+    recorder = RecordPatience()
+    summary = train(_config(epochs=3, patience=7), tmp_path, progress_bar=False, resume=True,
+                    callbacks=[recorder])  # fmt: skip
+    assert summary["epochs_run"] == 3
+    assert recorder.seen == [7, 7]
+
+
 def test_evaluation_leaves_the_global_generator_alone(mnist_batch):
     model = build_model("vanilla", 2, **_small("vanilla"))
     torch.manual_seed(123)

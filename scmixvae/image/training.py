@@ -178,7 +178,7 @@ def train(
         devices=1,
         callbacks=[
             checkpoint,
-            EarlyStopping(monitor="val_loss", patience=config.patience),
+            _ConfiguredEarlyStopping(monitor="val_loss", patience=config.patience),
             guard,
             RNGStateCheckpoint(),
             *(callbacks or []),
@@ -212,6 +212,19 @@ def train(
 
 # settings a resumed run may change: how long it trains
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "patience")
+
+
+class _ConfiguredEarlyStopping(EarlyStopping):
+    """Early stopping whose patience is the configuration's, also in a resumed run.
+
+    Lightning's ``EarlyStopping`` restores its patience from the checkpoint, which would
+    silently undo a changed ``patience`` (one of :data:`RESUMABLE_CHANGES`).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
 
 
 def _check_resumable(out: Path, config: ImageTrainConfig) -> None:

@@ -1,0 +1,88 @@
+#!/bin/bash
+# GPU measurements in one call on a lent GPU machine, within a budget of seconds:
+#   1. single-cell epoch time against SCVI (benchmarks.cost, 10,000 synthetic cells);
+#   2. image epoch time against S=1 (benchmarks.image_cost, vanilla, MNIST);
+#   3. vanilla MNIST test NLL against S at the largest common epoch budget that fits the time
+#      left: every configuration trains one epoch side by side (a probe of the speed), then all
+#      resume from there to the same epoch count, and are evaluated with 5,000 importance
+#      samples per image on 2,000 test images.
+# Results are packed into $OUT/results.tgz after each stage, so a stage cut short keeps the
+# earlier ones; the log streams to $OUT/log.txt.
+#
+# Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run.sh [budget_seconds]
+# A quick dry run on a CPU: SMOKE=1 (tiny data, few epochs).
+set -u
+BUDGET=${1:-540}
+START=$(date +%s)
+RES=$(mktemp -d)
+RUNS=$(mktemp -d)
+IMAGE_MODELS="S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1"
+WARMUP=10
+if [ "${SMOKE:-0}" = 1 ]; then
+    CELLS=600 STEPS=8 SUBSET="--subset 300" TEST="--test-subset 50" SAMPLES=50
+else
+    CELLS=10000 STEPS=200 SUBSET="" TEST="--test-subset 2000" SAMPLES=5000
+fi
+exec > >(tee -a "$OUT/log.txt") 2>&1
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+pack() { tar czf "$OUT/results.tgz.tmp" -C "$RES" . && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+stamp() { echo "== $(date -u +%T) ($(left) s left) $*"; }
+
+stamp device
+nvidia-smi -L 2>/dev/null
+python3 -c "import torch, scvi, scmixvae; print('torch', torch.__version__, 'scvi-tools', \
+scvi.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+
+stamp "single-cell cost"
+timeout 170 python3 -m benchmarks.cost --cells $CELLS --epochs 4 --min-steps $STEPS --repeats 1 \
+    --stem cost_gpu --out "$RES" \
+    --models scvi scvi:L2 S5 S5:L2 S5:shared:A1 S50:shared:A1 S200:shared:A1
+pkill -f "benchmarks.cost --child"  # a child outlives its parent's timeout
+pack
+
+stamp "image cost"
+# shellcheck disable=SC2086
+timeout 100 python3 -m benchmarks.image_cost --arch vanilla --epochs 2 $SUBSET \
+    --stem image_cost_vanilla_gpu --out "$RES" --models S1 S5 S5:shared:A1 S200:shared:A1
+pkill -f "benchmarks.image_cost --child"
+pack
+
+image_run() {  # $1: model; $2: epochs; $3: samples per image; $4: stem
+    # shellcheck disable=SC2086
+    python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models "$1" \
+        --epochs "$2" --warmup-epochs $WARMUP --total-samples "$3" $SUBSET $TEST \
+        --runs "$RUNS" --out "$RES/parts" --stem "$4" --threads 2 --resume
+}
+
+stamp "image probe: one epoch of each configuration, side by side"
+# a bare `wait` would also wait for the log's tee
+PIDS=()
+for m in $IMAGE_MODELS; do
+    image_run "$m" 1 10 "probe_${m//:/_}" > "$RES/probe_${m//:/_}.log" 2>&1 &
+    PIDS+=($!)
+done
+wait "${PIDS[@]}"
+SLOWEST=$(python3 - "$RUNS" <<'EOF'
+import json, pathlib, sys
+times = [json.loads(p.read_text())["seconds_per_epoch"]
+         for p in pathlib.Path(sys.argv[1]).glob("*/training.json")]
+print(max(times) if times else 0)
+EOF
+)
+# keep 90 s for the evaluation at the full sample count and the combined report
+EPOCHS=$(python3 -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
+stamp "slowest probe epoch ${SLOWEST} s; training every configuration to $EPOCHS epochs"
+PIDS=()
+for m in $IMAGE_MODELS; do
+    image_run "$m" "$EPOCHS" $SAMPLES "run_${m//:/_}" > "$RES/run_${m//:/_}.log" 2>&1 &
+    PIDS+=($!)
+done
+wait "${PIDS[@]}"
+stamp "combined report (reuses the trained and evaluated runs)"
+# shellcheck disable=SC2086
+python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
+    --epochs "$EPOCHS" --warmup-epochs $WARMUP --total-samples $SAMPLES $SUBSET $TEST \
+    --runs "$RUNS" --out "$RES" --stem image_vanilla_mnist_gpu --resume
+for d in "$RUNS"/*/; do cp "$d/training.json" "$RES/training_$(basename "$d").json"; done
+pack
+stamp done
