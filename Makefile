@@ -26,6 +26,9 @@ PATIENCE_ARGS ?= --datasets sorted_pbmc --seeds 0 1 2 3 4 --models $(PATIENCE_MO
 	$(PATIENCE_SETTINGS)
 PATIENCE_BLADDER_ARGS ?= --datasets mouse_bladder --seeds 0 1 2 --models $(PATIENCE_MODELS) \
 	$(PATIENCE_SETTINGS)
+PATIENCE_WORM_ARGS ?= --datasets worm_neuron --seeds 0 1 2 --models scvi scvi:L2 S5 S5:L2 \
+	S1:shared:H64 S5:shared:A1:H64 S5:shared:A1 \
+	$(PATIENCE_SETTINGS)
 IMAGE_ARGS ?= --arch vanilla --dataset mnist --models S1 S5:shared:A1 S50:shared:A1 \
 	S200:shared:A1 --epochs 100 --warmup-epochs 30 --total-samples 5000 --test-subset 2000 \
 	--stem image_vanilla_mnist_large_s --resume
@@ -55,6 +58,7 @@ bench: install
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(CONVERGED_ARGS)
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(PATIENCE_ARGS)
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(PATIENCE_BLADDER_ARGS)
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(PATIENCE_WORM_ARGS)
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.integration \
 		--task sorted_pbmc kang_ifnb --models scvi S5 S50:shared:A1:H64 --seeds 0 1 2 --resume
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s $(IMAGE_ARGS)

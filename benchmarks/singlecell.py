@@ -571,6 +571,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 payload["dataset"],
             )
         return []
+    if not any(spec.is_reference for spec in model_specs(args)):
+        # checked before training: the report pairs every model with SCVI (--resume reuses
+        # SCVI's finished rows, so adding it costs nothing when they exist)
+        parser.error("--models must include scvi: the report pairs every model with SCVI")
     return [run_dataset(d, args) for d in args.datasets]
 
 

@@ -161,6 +161,19 @@ def test_cost_reports_keep_the_runs_finished_before_a_failure(tmp_path, monkeypa
     assert "test GPU" in report
 
 
+def test_singlecell_refuses_models_without_scvi_before_training(tmp_path, monkeypatch):
+    """Without SCVI the paired report cannot be written: refused before any training."""
+    from benchmarks import singlecell
+
+    monkeypatch.setattr(singlecell, "run_dataset", lambda *a: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        main(["--models", "S5:L2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(
+            ["--models", "scvi:L2", "S5", "--out", str(tmp_path)]
+        )  # a deeper SCVI is no reference
+
+
 def test_cost_refuses_an_untimed_run(tmp_path):
     with pytest.raises(SystemExit):
         cost.main(["--epochs", "1", "--out", str(tmp_path)])
