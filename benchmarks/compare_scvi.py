@@ -12,19 +12,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import scanpy as sc
 import scvi
-import torch
 
 from scmixvae import MixSCVI
 from scmixvae.datasets import load_counts
 
-from ._report import write_report
+from ._report import machine_description, write_report
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -108,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_genes": train.n_vars,
         "marginal_ll": f"importance sampling, {args.n_mc_samples} samples per cell; "
         "MixSCVI: mixture proposal, tight estimator",
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"scvi-tools {scvi.__version__}",
+        "machine": f"{machine_description()}, scvi-tools {scvi.__version__}",
         "command": "python -m benchmarks.compare_scvi " + " ".join(argv or []),
         "rows": rows,
     }

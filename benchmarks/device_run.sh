@@ -69,6 +69,7 @@ times = [json.loads(p.read_text())["seconds_per_epoch"]
 print(max(times) if times else 0)
 EOF
 )
+if [ "$SLOWEST" = 0 ]; then stamp "no probe finished (see probe_*.log)"; pack; exit 1; fi
 # keep 90 s for the evaluation at the full sample count and the combined report
 EPOCHS=$(python3 -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
 stamp "slowest probe epoch ${SLOWEST} s; training every configuration to $EPOCHS epochs"

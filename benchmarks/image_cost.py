@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
             # rewritten after every run, so that a run cut short keeps what it measured
-            done_specs = [s for s in specs if any(r["code"] == s.code for r in runs)]
-            rows = summarise(runs, done_specs)
+            rows = summarise(runs, specs)
             lines = report_lines(rows, args)
             payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": rows,
                        "runs": runs}  # fmt: skip
@@ -110,10 +109,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def summarise(runs: list[dict], specs: list[ModelSpec]) -> list[dict]:
-    """One row per configuration: its fastest repeat, and the ratio to S=1's."""
+    """One row per configuration that has run: its fastest repeat, and the ratio to S=1's."""
     rows = []
     for spec in specs:
         mine = [r for r in runs if r["code"] == spec.code]
+        if not mine:
+            continue
         rows.append(mine[0] | {
             "seconds_per_epoch": min(r["seconds_per_epoch"] for r in mine),
             "repeat_seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],

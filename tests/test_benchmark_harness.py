@@ -257,8 +257,8 @@ def test_image_cost_harness(tmp_path, data_dir):
     specs = [image_cost.ModelSpec.parse(c) for c in ("S1", "S2")]
     runs = [{"code": c, "model": c, "seconds_per_epoch": t, "n_parameters": 1}
             for c, t in (("S1", 2.0), ("S2", 5.0), ("S1", 1.0), ("S2", 4.0))]  # fmt: skip
-    summary = image_cost.summarise(runs, specs)
-    assert [r["seconds_per_epoch"] for r in summary] == [1.0, 4.0]
+    summary = image_cost.summarise(runs, [*specs, image_cost.ModelSpec.parse("S3")])
+    assert [r["seconds_per_epoch"] for r in summary] == [1.0, 4.0]  # S3 has not run: no row
     assert summary[1]["time_vs_s1"] == 4.0 and summary[1]["repeat_seconds_per_epoch"] == [5, 4]
 
 
