@@ -9,7 +9,14 @@ import pytest
 
 from benchmarks import cost
 from benchmarks._models import ModelSpec
-from benchmarks.singlecell import _reusable_rows, main, model_family, with_paired_differences
+from benchmarks.singlecell import (
+    _paired_test_lines,
+    _reusable_rows,
+    main,
+    model_family,
+    paired_tests,
+    with_paired_differences,
+)
 
 TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
         "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
@@ -241,6 +248,43 @@ def test_deeper_scvi_is_built_deeper_and_not_the_reference():
     ]
     paired = with_paired_differences(rows)
     assert [r["heldout_ll_minus_scvi"] for r in paired] == [2.0, 0.0]
+
+
+def test_paired_tests_pair_each_model_with_its_references():
+    lls = {
+        ("SCVI", "scvi"): [-10.0, -11.0, -12.0],
+        ("SCVI(n_layers=2)", "scvi:L2"): [-9.0, -10.0, -11.5],
+        ("MixSCVI(S=5, n_layers=2)", "S5:L2"): [-8.0, -10.0, -11.0],
+        ("MixSCVI(S=1)", "S1"): [-10.5, -11.0, -11.5],
+        ("MixSCVI(S=5)", "S5"): [-9.0, -10.5, -11.0],
+        ("MixSCVI(S=5, ensemble)", "S5:ensemble"): [-9.5, -10.5, -11.0],
+    }
+    rows = [{"model": m, "code": c, "seed": s, "heldout_marginal_ll": v}
+            for (m, c), values in lls.items() for s, v in enumerate(values)]  # fmt: skip
+    rows += [
+        {"model": "MixSCVI(S=50, shared, A=1)", "code": "S50:shared:A1", "seed": 0,
+         "heldout_marginal_ll": 0.0},  # one seed: no test
+        {"model": "MixSCVI(S=5)", "code": "S5", "seed": 3},  # not scored: ignored
+    ]  # fmt: skip
+    tests = paired_tests(rows)
+    assert list(tests.index) == [m for m, _ in lls if m != "SCVI"]
+    mix = tests.loc["MixSCVI(S=5)"]
+    assert mix["minus_scvi"] == pytest.approx(2.5 / 3) and mix["above_scvi"] == "3/3"
+    # against its own S=1, differences 1.5, 0.5, 0.5: t = 2.5 on 2 degrees of freedom, whose
+    # two-sided p is 1 - t / sqrt(t^2 + 2)
+    assert mix["minus_own_s1"] == pytest.approx(2.5 / 3)
+    assert mix["p_own_s1"] == pytest.approx(1 - 2.5 / math.sqrt(2.5**2 + 2))
+    assert math.isnan(mix["minus_same_depth_scvi"])  # its depth's SCVI is the first column's
+    deep = tests.loc["MixSCVI(S=5, n_layers=2)"]
+    assert deep["same_depth_scvi_reference"] == "SCVI(n_layers=2)"
+    assert deep["minus_same_depth_scvi"] == pytest.approx(0.5)
+    assert deep["above_same_depth_scvi"] == "2/3" and math.isnan(deep["minus_own_s1"])
+    assert math.isnan(tests.loc["MixSCVI(S=1)", "minus_own_s1"])
+    # at S=1 the objectives coincide: the ensemble's S=1 is MISELBO's
+    assert tests.loc["MixSCVI(S=5, ensemble)", "own_s1_reference"] == "MixSCVI(S=1)"
+    lines = _paired_test_lines(tests)
+    assert len(lines) == 2 + len(tests)
+    assert "+0.50 ± 0.41 vs SCVI(n_layers=2) | 2/3 |" in lines[3]
 
 
 def test_image_cost_harness(tmp_path, data_dir):
