@@ -239,26 +239,28 @@ def paired_tests(rows: list[dict]) -> pd.DataFrame:
     from scipy.stats import ttest_rel
 
     scored = [r for r in rows if "heldout_marginal_ll" in r]
-    specs = {r["model"]: ModelSpec.parse(r["code"]) for r in scored}
-    scvi_by_depth = {specs[m].n_layers: m for m in specs if specs[m].kind == "scvi"}
+    # rows written before the ``code`` field existed can only be paired with SCVI
+    specs = {r["model"]: ModelSpec.parse(r["code"]) for r in scored if "code" in r}
+    scvi_by_depth = {spec.n_layers: m for m, spec in specs.items() if spec.kind == "scvi"}
     ll = {(r["model"], r["seed"]): r["heldout_marginal_ll"] for r in scored}
     records = []
     for model in dict.fromkeys(r["model"] for r in scored):
         record = {"model": model}
-        spec = specs[model]
-        single = replace(spec, n_components=1, n_sampled_components=None,
-                         objective=DEFAULT_OBJECTIVE)  # fmt: skip
-        references = {
-            "scvi": REFERENCE,
-            "same_depth_scvi": scvi_by_depth.get(spec.n_layers),
-            "own_s1": single.name if spec.kind == "mixscvi" else None,
-        }
+        references = {"scvi": REFERENCE}
+        if (spec := specs.get(model)) is not None:
+            references["same_depth_scvi"] = scvi_by_depth.get(spec.n_layers)
+            if spec.kind == "mixscvi":
+                single = replace(spec, n_components=1, n_sampled_components=None,
+                                 objective=DEFAULT_OBJECTIVE)  # fmt: skip
+                references["own_s1"] = single.name
         for column, reference in references.items():
-            seeds = sorted(s for (m, s) in ll if m == model and (reference, s) in ll)
-            if reference is None or reference == model or len(seeds) < 2:
+            if reference is None or reference == model:
                 continue
             if column != "scvi" and reference == REFERENCE:
                 continue  # the first column already pairs the model with it
+            seeds = sorted(s for (m, s) in ll if m == model and (reference, s) in ll)
+            if len(seeds) < 2:
+                continue
             own = np.array([ll[(model, s)] for s in seeds])
             other = np.array([ll[(reference, s)] for s in seeds])
             record[f"minus_{column}"] = float(np.mean(own - other))

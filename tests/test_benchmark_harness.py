@@ -266,8 +266,13 @@ def test_paired_tests_pair_each_model_with_its_references():
          "heldout_marginal_ll": 0.0},  # one seed: no test
         {"model": "MixSCVI(S=5)", "code": "S5", "seed": 3},  # not scored: ignored
     ]  # fmt: skip
+    # a row from before the code field: paired with SCVI only
+    rows += [{"model": "MixSCVI(S=2)", "seed": s, "heldout_marginal_ll": v}
+             for s, v in enumerate([-9.0, -11.0, -11.0])]  # fmt: skip
     tests = paired_tests(rows)
-    assert list(tests.index) == [m for m, _ in lls if m != "SCVI"]
+    assert list(tests.index) == [*(m for m, _ in lls if m != "SCVI"), "MixSCVI(S=2)"]
+    old = tests.loc["MixSCVI(S=2)"]
+    assert old["minus_scvi"] == pytest.approx(2.0 / 3) and math.isnan(old["minus_own_s1"])
     mix = tests.loc["MixSCVI(S=5)"]
     assert mix["minus_scvi"] == pytest.approx(2.5 / 3) and mix["above_scvi"] == "3/3"
     # against its own S=1, differences 1.5, 0.5, 0.5: t = 2.5 on 2 degrees of freedom, whose
