@@ -337,6 +337,26 @@ def test_integration_harness(tmp_path, data_dir):
     assert runs == payload["runs"] and len(keys) == 4
 
 
+def test_integration_harness_on_kang_reports_batch_mixing_only(tmp_path, data_dir):
+    pytest.importorskip("scib_metrics")
+    from benchmarks import integration
+
+    args = ["--task", "kang_ifnb", "--models", "scvi", "--seeds", "0", "--max-epochs", "2",
+            "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
+    (payload,) = integration.main(args)
+    assert payload["batch_key"] == "condition" and payload["label_key"] is None
+    assert payload["n_cells"] == 800
+    methods = {key.split(" seed ")[0] for key in payload["per_embedding"]}
+    assert methods == {"PCA", "Harmony", "SCVI"}
+    # no labels: no bio-conservation score is claimed, only batch mixing
+    types = set(payload["metric_type"].values())
+    assert "Bio conservation" not in types and "Batch correction" in types
+    for scores in payload["per_embedding"].values():
+        assert 0 <= scores["Batch correction"] <= 1
+    report = (tmp_path / "integration_kang_ifnb.md").read_text()
+    assert "Stimulation is biology, not a technical batch" in report
+
+
 def test_the_simulated_batch_thins_counts_as_documented():
     import numpy as np
     import scipy.sparse as sp
