@@ -168,19 +168,9 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
     curve = None
     if spec.code in (args.curve_models or []):
         curve = HeldoutCurve(model, data, split[2], args.curve_every, args.curve_samples)
-    start = time.perf_counter()
-    model.train(
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": args.kl_warmup_epochs},
-        early_stopping=args.patience > 0,
-        early_stopping_patience=max(1, args.patience),
-        datasplitter_kwargs={"external_indexing": split},
-        enable_progress_bar=False,
-        **({"callbacks": [curve]} if curve else {}),
-    )
+    seconds = fit(model, split, args, callbacks=[curve] if curve else None)
     # the curve's evaluations are not training time
-    seconds = time.perf_counter() - start - (curve.eval_seconds if curve else 0.0)
+    seconds -= curve.eval_seconds if curve else 0.0
     epochs = len(model.history["train_loss"])
     labels = data.obs["cell_type"].to_numpy()[split[2]]
     row = {"model": spec.name, "code": spec.code, "S": spec.n_components,
@@ -199,12 +189,38 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
         for metric, value in cluster_metrics(x, labels, seed).items():
             row[f"{metric}_{feature_set}"] = float(value)
     if args.n_mc_samples and (args.ll_seeds is None or seed in args.ll_seeds):
-        model.module.eval()
-        per_cell = model.get_marginal_ll(
-            data, indices=split[2], n_mc_samples=args.n_mc_samples, return_mean=False
-        )
-        row["heldout_marginal_ll"] = float(np.mean(np.asarray(per_cell)))
+        row["heldout_marginal_ll"] = heldout_ll(model, data, split[2], args.n_mc_samples)
     return row, model
+
+
+def fit(model, split, args, callbacks: list | None = None) -> float:
+    """Train ``model`` as every benchmark model is trained; return the seconds it took.
+
+    Adam 1e-3, ``args.kl_warmup_epochs`` of KL warm-up, batches of ``args.batch_size``, the
+    fixed ``split`` (train / validation / test indices), and early stopping on the validation
+    bound with ``args.patience`` epochs of patience (0: exactly ``args.max_epochs`` epochs).
+    """
+    start = time.perf_counter()
+    model.train(
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": args.kl_warmup_epochs},
+        early_stopping=args.patience > 0,
+        early_stopping_patience=max(1, args.patience),
+        datasplitter_kwargs={"external_indexing": split},
+        enable_progress_bar=False,
+        **({"callbacks": callbacks} if callbacks else {}),
+    )
+    return time.perf_counter() - start
+
+
+def heldout_ll(model, adata, indices: np.ndarray, n_mc_samples: int) -> float:
+    """Mean importance-sampled log p(x) of the ``indices`` cells, in eval mode."""
+    model.module.eval()
+    per_cell = model.get_marginal_ll(
+        adata, indices=indices, n_mc_samples=n_mc_samples, return_mean=False
+    )
+    return float(np.mean(np.asarray(per_cell)))
 
 
 def with_paired_differences(rows: list[dict]) -> list[dict]:

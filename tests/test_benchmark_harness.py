@@ -410,3 +410,43 @@ def test_the_likelihood_curve_leaves_training_unchanged(data_dir):
         histories.append(model.history["elbo_validation"].to_numpy(dtype=float).ravel())
     assert len(row["ll_curve"]) == 4  # epochs 1, 2, 4, 6
     np.testing.assert_array_equal(histories[0], histories[1])
+
+
+def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(tmp_path, data_dir):
+    import json
+
+    import numpy as np
+
+    from benchmarks import init_control
+
+    reference = tmp_path / "bench.json"
+    rows = [
+        {"model": "SCVI", "seed": 0, "epochs": 7, "heldout_marginal_ll": -100.0},
+        {"model": "MixSCVI(S=1)", "seed": 0, "epochs": 5, "heldout_marginal_ll": -100.5},
+        {"model": "MixSCVI(S=5)", "seed": 0, "epochs": 9, "heldout_marginal_ll": -90.0},
+    ]
+    reference.write_text(json.dumps({"rows": rows}))
+    args = ["--dataset", "sorted_pbmc", "--seeds", "0", "--max-cells", "300", "--n-genes",
+            "100", "--max-epochs", "4", "--patience", "50", "--n-mc-samples", "20",
+            "--reference", str(reference), "--out", str(tmp_path)]  # fmt: skip
+    table = init_control.main(args)
+    (entry,) = table.to_dict("records")
+    twin, other = init_control.TWIN, init_control.RESEEDED
+    # the same weights, the same stream: the same training up to rounding (the held-out
+    # estimates differ by their importance draws, about a nat at 20 samples after 4 epochs)
+    assert entry[f"{twin}: epochs"] == entry[f"{other}: epochs"] == 4
+    payload = json.loads((tmp_path / "init_control_sorted_pbmc.json").read_text())
+    bounds = {r["arm"]: r["best_validation_bound"] for r in payload["rows"]}
+    assert bounds[twin] == pytest.approx(bounds[other], rel=1e-5)
+    assert abs(entry["twin - other stream"]) < 3
+    assert entry["benchmark S1 - benchmark SCVI"] == pytest.approx(-0.5)
+    other_ll = entry[f"{other}: log p(x)"]
+    assert entry["other stream - benchmark SCVI"] == pytest.approx(other_ll + 100)
+    # another stream moves SCVI: the arms are not copies of the benchmark rows
+    assert np.isfinite(entry[f"{other}: log p(x)"]) and entry[f"{other}: log p(x)"] != -100.0
+    report = (tmp_path / "init_control_sorted_pbmc.md").read_text()
+    assert f"Command: `python -m benchmarks.init_control {' '.join(args)}`" in report
+    # resumed: the finished seed is not trained again
+    init_control.run_seed = lambda *_: pytest.fail("a finished seed was trained again")
+    again = init_control.main([*args, "--resume"])
+    assert again.to_dict("records") == [entry]
