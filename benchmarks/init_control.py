@@ -80,7 +80,7 @@ def run_seed(adata, split, seed: int, args) -> list[dict]:
             "arm": arm, "seed": seed, "stream_seed": args.stream_offset + seed,
             "epochs": len(model.history["train_loss"]), "best_epoch": int(np.argmin(val)) + 1,
             "best_validation_bound": float(val.min()), "wall_seconds": seconds,
-            "heldout_marginal_ll": heldout_ll(model, adata, split[2], args.n_mc_samples),
+            "heldout_marginal_ll": heldout_ll(model, model.adata, split[2], args.n_mc_samples),
         })  # fmt: skip
     return rows
 
