@@ -28,7 +28,10 @@ early stopping on a 10 % validation split (patience 20, at most ``--max-epochs``
 
 Writes ``benchmarks/results/integration_<task>.{md,json,png}`` (the scib-metrics table per
 embedding and per method, and scib-metrics' own plot). Trained embeddings are kept under
-``results/.progress/`` so that ``--resume`` only trains what is missing.
+``results/.progress/`` so that ``--resume`` only trains what is missing. Those embeddings are
+not committed (a few MB per task), so in a fresh checkout ``--resume`` keeps the scores and run
+facts that the committed report holds for a model and seed (when its data and training settings
+agree) and trains and scores only what the report lacks; the report says how many it kept.
 
 Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
 
@@ -162,12 +165,44 @@ def train_embedding(spec: ModelSpec, adata, batch_key: str, seed: int, args) -> 
     return model.get_latent_representation(), row
 
 
-def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict]]:
+# Settings that change what a trained embedding's scores measured; reused only when these agree.
+SCORE_SETTINGS = ("n_genes", "max_cells", "batch_seed", "depth", "efficiency_sigma", "max_epochs")
+
+
+def reported_scores(task: str, args) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Scores and run facts of the trained embeddings in the task's earlier report.
+
+    Returns
+    -------
+    Both keyed by embedding (``"<model> seed <seed>"``); empty without ``--resume``, without an
+    earlier report, or when its settings (:data:`SCORE_SETTINGS`) differ from ``args``.
+    """
+    path = args.out / f"integration_{task}.json"
+    if not (args.resume and path.exists()):
+        return {}, {}
+    payload = json.loads(path.read_text())
+    if any(payload["settings"].get(k) != getattr(args, k) for k in SCORE_SETTINGS):
+        print(f"not reusing the scores in {path}: its settings differ", flush=True)
+        return {}, {}
+    runs = {f"{r['model']} seed {r['seed']}": r for r in payload["runs"]}
+    scores = {k: v for k, v in payload["per_embedding"].items() if k in runs}
+    return scores, {k: r for k, r in runs.items() if k in scores}
+
+
+def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict], dict[str, dict]]:
     """Every method's embedding in ``adata.obsm``; trained ones reused with ``--resume``.
 
-    Returns the embedding keys and the training runs' facts.
+    With ``--resume``, a model and seed whose embedding is not on disk but whose scores the
+    earlier report holds (:func:`reported_scores`) is neither trained nor embedded.
+
+    Returns
+    -------
+    The keys of the embeddings to score, every trained model's run facts (in report order),
+    and the reused scores by embedding key.
     """
     train = train or train_embedding
+    old_scores, old_runs = reported_scores(task, args)
+    reused = {}
     batch_key = TASKS[task][0]
     progress = args.out / ".progress" / f"integration_{task}"
     progress.mkdir(parents=True, exist_ok=True)
@@ -181,6 +216,10 @@ def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict]]:
             if args.resume and stem.with_suffix(".npy").exists():
                 latent = np.load(stem.with_suffix(".npy"))
                 row = json.loads(stem.with_suffix(".json").read_text())
+            elif key in old_scores:
+                reused[key] = old_scores[key]
+                runs.append(old_runs[key])
+                continue
             else:
                 latent, row = train(spec, adata, batch_key, seed, args)
                 with atomic_path(stem.with_suffix(".npy")) as tmp, open(tmp, "wb") as fh:
@@ -191,7 +230,7 @@ def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict]]:
             adata.obsm[key] = latent
             keys.append(key)
             runs.append(row)
-    return keys, runs
+    return keys, runs, reused
 
 
 def run_task(task: str, args) -> dict:
@@ -199,7 +238,7 @@ def run_task(task: str, args) -> dict:
 
     batch_key, label_key = TASKS[task]
     adata = prepare(task, args)
-    keys, runs = embed(task, adata, args)
+    keys, runs, reused = embed(task, adata, args)
     bio = BioConservation() if label_key else None
     benchmarker = Benchmarker(
         adata,
@@ -216,6 +255,10 @@ def run_task(task: str, args) -> dict:
     table = benchmarker.get_results(min_max_scale=False)
     metric_type = table.loc["Metric Type"]
     scores = table.drop(index="Metric Type").astype(float)
+    if reused:
+        kept = pd.DataFrame.from_dict(reused, orient="index")
+        scores = pd.concat([scores, kept[scores.columns]])
+    scores = scores.loc[["PCA", "Harmony", *(f"{r['model']} seed {r['seed']}" for r in runs)]]
     methods = pd.Series({k: k.split(" seed ")[0] for k in scores.index})
     by_method = scores.groupby(methods, sort=False).agg(["mean", "std"])
     stem = args.out / f"integration_{task}"
@@ -230,7 +273,14 @@ def run_task(task: str, args) -> dict:
         "per_embedding": json.loads(scores.to_json(orient="index", double_precision=15)),
         "runs": runs,
     }
-    write_report(stem, payload, report_lines(task, adata, scores, by_method, runs, args))
+    lines = report_lines(task, adata, scores, by_method, runs, args, n_reused=len(reused))
+    write_report(stem, payload, lines)
+    if reused:
+        # scib-metrics draws its table from get_results(); the reused scores were never
+        # benchmarked here, so the plot is fed the merged table instead.
+        merged = pd.concat([scores, table.loc[["Metric Type"]]])
+        benchmarker.get_results = lambda **_: merged
+        benchmarker._embedding_obsm_keys = list(scores.index)  # sets the figure's height
     benchmarker.plot_results_table(min_max_scale=False, show=False)
     fig = plt.gcf()
     with atomic_path(stem.with_suffix(".png")) as tmp:
@@ -239,7 +289,7 @@ def run_task(task: str, args) -> dict:
     return payload
 
 
-def report_lines(task, adata, scores, by_method, runs, args) -> list[str]:
+def report_lines(task, adata, scores, by_method, runs, args, n_reused: int = 0) -> list[str]:
     columns = list(scores.columns)
     lines = [
         f"# Batch integration: {task} ({adata.n_obs} cells, {adata.n_vars} genes)",
@@ -250,7 +300,13 @@ def report_lines(task, adata, scores, by_method, runs, args) -> list[str]:
         "stopping (patience 20) on 10 % of the cells, 20-epoch KL warm-up, batch 512. Scores "
         "from scib-metrics (not min-max scaled; higher is better), mean ± std over seeds.",
         "",
-        f"Command: `{args.command}`",
+        f"Command: `{args.command}`"
+        + (
+            f" (it kept the scores of {n_reused} trained embeddings from the earlier report "
+            "with the same settings, and trained and scored the rest)"
+            if n_reused
+            else ""
+        ),
         "",
         "| method | " + " | ".join(columns) + " |",
         "|" + "---|" * (len(columns) + 1),

@@ -333,8 +333,8 @@ def test_integration_harness(tmp_path, data_dir):
     def no_training(*_):
         raise AssertionError("a finished embedding was trained again")
 
-    keys, runs = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
-    assert runs == payload["runs"] and len(keys) == 4
+    keys, runs, reused = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
+    assert runs == payload["runs"] and len(keys) == 4 and reused == {}
 
 
 def test_integration_harness_on_kang_reports_batch_mixing_only(tmp_path, data_dir):
@@ -355,6 +355,46 @@ def test_integration_harness_on_kang_reports_batch_mixing_only(tmp_path, data_di
         assert 0 <= scores["Batch correction"] <= 1
     report = (tmp_path / "integration_kang_ifnb.md").read_text()
     assert "Stimulation is biology, not a technical batch" in report
+    assert "kept the scores" not in report
+
+
+def test_integration_resume_keeps_reported_scores_without_the_embeddings(tmp_path, data_dir):
+    """A fresh checkout has the committed report but not the embeddings: --resume keeps the
+    report's scores for finished models and seeds, and trains and scores only the new ones."""
+    pytest.importorskip("scib_metrics")
+    import shutil
+
+    from benchmarks import integration
+
+    args = ["--task", "kang_ifnb", "--models", "scvi", "--max-epochs", "2",
+            "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
+    (first,) = integration.main([*args, "--seeds", "0"])
+    shutil.rmtree(tmp_path / ".progress")
+    trained = []
+
+    def record(spec, adata, batch_key, seed, parsed):
+        trained.append((spec.name, seed))
+        return integration.train_embedding(spec, adata, batch_key, seed, parsed)
+
+    parsed = integration.build_parser().parse_args([*args, "--seeds", "0", "1", "--resume"])
+    adata = integration.prepare("kang_ifnb", parsed)
+    keys, runs, reused = integration.embed("kang_ifnb", adata, parsed, train=record)
+    assert trained == [("SCVI", 1)] and keys == ["PCA", "Harmony", "SCVI seed 1"]
+    assert reused == {"SCVI seed 0": first["per_embedding"]["SCVI seed 0"]}
+    assert [r["seed"] for r in runs] == [0, 1] and runs[0] == first["runs"][0]
+
+    (second,) = integration.main([*args, "--seeds", "0", "1", "--resume"])
+    assert list(second["per_embedding"]) == ["PCA", "Harmony", "SCVI seed 0", "SCVI seed 1"]
+    assert second["per_embedding"]["SCVI seed 0"] == first["per_embedding"]["SCVI seed 0"]
+    report = (tmp_path / "integration_kang_ifnb.md").read_text()
+    assert "kept the scores of 1 trained embeddings" in report
+    assert report.count("| SCVI | ") == 3  # the score table (mean over 2 seeds) and 2 runs
+    # scores made with other settings are never mixed in
+    shutil.rmtree(tmp_path / ".progress")
+    other = integration.build_parser().parse_args(
+        [*args, "--seeds", "0", "--resume", "--max-epochs", "3"]
+    )
+    assert integration.reported_scores("kang_ifnb", other) == ({}, {})
 
 
 def test_the_simulated_batch_thins_counts_as_documented():
