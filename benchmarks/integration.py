@@ -33,7 +33,8 @@ not committed (a few MB per task), so in a fresh checkout ``--resume`` keeps the
 facts that the committed report holds for a model and seed (when its data and training settings
 agree) and trains and scores only what the report lacks; the report says how many it kept.
 
-Needs the ``bench`` extra: ``pip install -e ".[bench]"``.
+Needs the ``bench`` extra: ``pip install -e ".[bench]"``; ``--train-only`` needs neither
+scib-metrics nor harmonypy (it trains, on a GPU when there is one, and keeps the embeddings).
 
 Usage::
 
@@ -62,7 +63,7 @@ from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
-from ._report import command_line, write_report
+from ._report import command_line, machine_description, write_report
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = {"sorted_pbmc": ("batch", "cell_type"), "kang_ifnb": ("condition", None)}
@@ -161,7 +162,8 @@ def train_embedding(spec: ModelSpec, adata, batch_key: str, seed: int, args) -> 
     epochs = len(model.history["train_loss"])
     row = {"model": spec.name, "code": spec.code, "seed": seed, "epochs": epochs,
            "stopped_early": epochs < args.max_epochs,
-           "wall_seconds": time.perf_counter() - start}  # fmt: skip
+           "wall_seconds": time.perf_counter() - start,
+           "device": machine_description()}  # fmt: skip
     return model.get_latent_representation(), row
 
 
@@ -190,10 +192,11 @@ def reported_scores(task: str, args) -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict], dict[str, dict]]:
-    """Every method's embedding in ``adata.obsm``; trained ones reused with ``--resume``.
+    """The trained models' embeddings in ``adata.obsm``, reused from disk with ``--resume``.
 
-    With ``--resume``, a model and seed whose embedding is not on disk but whose scores the
-    earlier report holds (:func:`reported_scores`) is neither trained nor embedded.
+    (:func:`run_task` adds the PCA and Harmony ones.) With ``--resume``, a model and seed whose
+    embedding is not on disk but whose scores the earlier report holds
+    (:func:`reported_scores`) is neither trained nor embedded.
 
     Returns
     -------
@@ -206,8 +209,6 @@ def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict], di
     batch_key = TASKS[task][0]
     progress = args.out / ".progress" / f"integration_{task}"
     progress.mkdir(parents=True, exist_ok=True)
-    adata.obsm["PCA"] = adata.obsm["X_pca"]
-    adata.obsm["Harmony"] = harmony(adata, batch_key)
     keys, runs = ["PCA", "Harmony"], []
     for seed in args.seeds:
         for spec in [ModelSpec.parse(m) for m in args.models]:
@@ -234,11 +235,15 @@ def embed(task: str, adata, args, train=None) -> tuple[list[str], list[dict], di
 
 
 def run_task(task: str, args) -> dict:
-    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
-
     batch_key, label_key = TASKS[task]
     adata = prepare(task, args)
     keys, runs, reused = embed(task, adata, args)
+    if args.train_only:
+        return {"task": task, "runs": runs}
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    adata.obsm["PCA"] = adata.obsm["X_pca"]
+    adata.obsm["Harmony"] = harmony(adata, batch_key)
     bio = BioConservation() if label_key else None
     benchmarker = Benchmarker(
         adata,
@@ -317,11 +322,12 @@ def report_lines(task, adata, scores, by_method, runs, args, n_reused: int = 0) 
             mean, std = row[(column, "mean")], row[(column, "std")]
             cells.append(f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | seed | epochs | stopped early | training seconds |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| model | seed | epochs | stopped early | training seconds | trained on |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for run in runs:
         lines.append(f"| {run['model']} | {run['seed']} | {run['epochs']} | "
-                     f"{run['stopped_early']} | {run['wall_seconds']:.0f} |")  # fmt: skip
+                     f"{run['stopped_early']} | {run['wall_seconds']:.0f} | "
+                     f"{run.get('device', '–')} |")  # fmt: skip
     return lines
 
 
@@ -339,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="reuse trained embeddings")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train and keep the missing embeddings, score nothing (for a GPU machine without "
+        "scib-metrics; score them later with --resume where the embeddings are)",
+    )
     return parser
 
 

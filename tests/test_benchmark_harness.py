@@ -368,7 +368,22 @@ def test_integration_resume_keeps_reported_scores_without_the_embeddings(tmp_pat
 
     args = ["--task", "kang_ifnb", "--models", "scvi", "--max-epochs", "2",
             "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
-    (first,) = integration.main([*args, "--seeds", "0"])
+    # --train-only (a GPU machine without scib-metrics) keeps the embedding, scores nothing
+    (trained_only,) = integration.main([*args, "--seeds", "0", "--train-only"])
+    assert [r["seed"] for r in trained_only["runs"]] == [0]
+    assert (tmp_path / ".progress" / "integration_kang_ifnb" / "scvi_seed0.npy").exists()
+    assert not (tmp_path / "integration_kang_ifnb.json").exists()
+    real_train = integration.train_embedding
+
+    def no_training(*_):
+        raise AssertionError("an embedding kept by --train-only was trained again")
+
+    integration.train_embedding = no_training
+    try:
+        (first,) = integration.main([*args, "--seeds", "0", "--resume"])
+    finally:
+        integration.train_embedding = real_train
+    assert first["runs"] == trained_only["runs"]
     shutil.rmtree(tmp_path / ".progress")
     trained = []
 
@@ -490,3 +505,20 @@ def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(tmp_path, d
     init_control.run_seed = lambda *_: pytest.fail("a finished seed was trained again")
     again = init_control.main([*args, "--resume"])
     assert again.to_dict("records") == [entry]
+
+
+def test_image_profile_harness(tmp_path, data_dir):
+    from benchmarks import image_profile
+
+    args = ["--models", "S1", "S3:shared:A1", "--steps", "3", "--warmup", "1",
+            "--subset", "200", "--out", str(tmp_path)]  # fmt: skip
+    rows = image_profile.main(args)
+    assert [r["model"] for r in rows] == ["S=1", "S=3, shared, A=1"]
+    for row in rows:
+        assert len(row["bare_step_ms_all"]) == 3 and row["bare_step_ms"] > 0
+        assert row["lightning_step_ms"] > 0 and row["top_host_operators"]
+        assert row["device_busy_ms_per_step"] is None  # no GPU in the tests: nothing claimed
+    assert rows[1]["n_parameters"] > rows[0]["n_parameters"]  # the coded layer's code inputs
+    report = (tmp_path / "image_profile_vanilla.md").read_text()
+    assert "| S=3, shared, A=1 | " in report and "| – | – |" in report
+    assert f"Command: `python -m benchmarks.image_profile {' '.join(args)}`" in report
