@@ -23,10 +23,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     CELLS=10000 STEPS=200 SUBSET="" TEST="--test-subset 2000" SAMPLES=5000
 fi
-exec > >(tee -a "$OUT/log.txt") 2>&1
-left() { echo $((BUDGET - ($(date +%s) - START))); }
-pack() { tar czf "$OUT/results.tgz.tmp" -C "$RES" . && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
-stamp() { echo "== $(date -u +%T) ($(left) s left) $*"; }
+# shellcheck source=benchmarks/_device_common.sh
+source "$(dirname "$0")/_device_common.sh"
 
 stamp device
 nvidia-smi -L 2>/dev/null

@@ -8,22 +8,21 @@
 # earlier ones; the log streams to $OUT/log.txt.
 #
 # Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run_integration.sh [budget_s]
-# A quick dry run on a CPU: SMOKE=1 (tiny data, few epochs).
+# A quick dry run on a CPU: SMOKE=1 (tiny data, few epochs). SKIP_PROFILE=1 skips stage 1;
+# KANG_MODELS and KANG_SEEDS choose stage 2's runs (an empty KANG_SEEDS: none).
 set -u
 BUDGET=${1:-480}
 START=$(date +%s)
 RES=$(mktemp -d)
 KANG_MODELS=${KANG_MODELS:-"scvi S5 scvi:L2 S5:L2"}
-KANG_SEEDS=${KANG_SEEDS:-"0 1 2"}
+KANG_SEEDS=${KANG_SEEDS-"0 1 2"}
 if [ "${SMOKE:-0}" = 1 ]; then
     PROFILE="--steps 3 --warmup 1 --subset 200" KANG="--max-epochs 2 --max-cells 800 --n-genes 300"
 else
     PROFILE="--steps 40 --warmup 10 --subset 5000" KANG=""
 fi
-exec > >(tee -a "$OUT/log.txt") 2>&1
-left() { echo $((BUDGET - ($(date +%s) - START))); }
-pack() { tar czf "$OUT/results.tgz.tmp" -C "$RES" . && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
-stamp() { echo "== $(date -u +%T) ($(left) s left) $*"; }
+# shellcheck source=benchmarks/_device_common.sh
+source "$(dirname "$0")/_device_common.sh"
 
 stamp device
 nvidia-smi -L 2>/dev/null
@@ -32,8 +31,9 @@ python3 -c "import torch, scvi, scanpy, scmixvae; print('torch', torch.__version
 
 stamp "image step profile"
 # shellcheck disable=SC2086
-[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 python3 -m benchmarks.image_profile --models S1 S5 S5:shared:A1 S50:shared:A1 \
-    S200:shared:A1 $PROFILE --out "$RES" --stem image_profile_vanilla_gpu
+[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 python3 -m benchmarks.image_profile \
+    --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1 $PROFILE --out "$RES" \
+    --stem image_profile_vanilla_gpu
 pack
 
 stamp "Kang embeddings: $KANG_MODELS x seeds $KANG_SEEDS, side by side"
@@ -47,7 +47,8 @@ for m in $KANG_MODELS; do
         PIDS+=($!)
     done
 done
-wait "${PIDS[@]}"
-grep -h '^{' "$RES"/kang_*.log
+# a bare `wait` (no runs asked for) would also wait for the log's tee
+[ ${#PIDS[@]} -eq 0 ] || wait "${PIDS[@]}"
+grep -hs '^{' "$RES"/kang_*.log
 pack
 stamp done

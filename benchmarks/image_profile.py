@@ -115,10 +115,9 @@ def profile_model(spec: ModelSpec, args: argparse.Namespace) -> dict:
     bare = statistics.median(seconds)
 
     timer = EpochTimer()
-    lightning_config = ImageTrainConfig(**{**config.__dict__, "warmup_epochs": 2})
     with tempfile.TemporaryDirectory() as run:
-        summary = train(lightning_config, run, progress_bar=False, callbacks=[timer])
-    lightning_steps = -(-min(args.subset, len(splits.train)) // config.batch_size)
+        summary = train(config, run, progress_bar=False, callbacks=[timer])
+    lightning_steps = -(-len(splits.train) // config.batch_size)
     return {
         "model": spec.label,
         "code": spec.code,
