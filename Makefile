@@ -67,6 +67,12 @@ bench: install
 		--models scvi S5 scvi:L2 S5:L2 --seeds 0 1 2 --resume --threads 1 \
 		--out benchmarks/results/gpu_h200
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s $(IMAGE_ARGS)
+	# seeds 1-2 trained on a lent H200 by benchmarks/device_run.sh; rebuilt from their files
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s --arch vanilla \
+		--dataset mnist --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
+		--seeds 0 1 2 --epochs 42 --warmup-epochs 10 --total-samples 5000 --test-subset 2000 \
+		--runs benchmarks/results/gpu_h200/image_runs_42 --out benchmarks/results/gpu_h200 \
+		--stem image_vanilla_mnist_gpu_42_seeds --report-only
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s --arch vanilla \
 		--dataset mnist --models S1 S1:shared S5 S5:shared S5:shared:A1 S50:shared:A1 \
 		--epochs 10 --warmup-epochs 5 --total-samples 1000 --test-subset 1000 \

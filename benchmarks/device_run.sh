@@ -7,16 +7,23 @@
 #      resume from there to the same epoch count, and are evaluated with 5,000 importance
 #      samples per image on 2,000 test images.
 # Results are packed into $OUT/results.tgz after each stage, so a stage cut short keeps the
-# earlier ones; the log streams to $OUT/log.txt.
+# earlier ones; the log streams to $OUT/log.txt. The image runs' small files (configuration,
+# training summary, evaluation, machine; no checkpoints) go to runs/ in the pack, so that the
+# report can be rebuilt elsewhere with `benchmarks.image_nll_vs_s --runs <that folder> --resume`.
 #
 # Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run.sh [budget_seconds]
+# Settings (environment): SKIP_COST=1 skips stages 1-2; IMAGE_MODELS, IMAGE_SEEDS (default 0;
+# every model and seed is one process, side by side); IMAGE_EPOCHS fixes the epochs (no probe,
+# e.g. to match an earlier seed); IMAGE_STEM names the report.
 # A quick dry run on a CPU: SMOKE=1 (tiny data, few epochs).
 set -u
 BUDGET=${1:-540}
 START=$(date +%s)
 RES=$(mktemp -d)
 RUNS=$(mktemp -d)
-IMAGE_MODELS="S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1"
+IMAGE_MODELS=${IMAGE_MODELS:-"S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1"}
+IMAGE_SEEDS=${IMAGE_SEEDS:-0}
+IMAGE_STEM=${IMAGE_STEM:-image_vanilla_mnist_gpu}
 WARMUP=10
 if [ "${SMOKE:-0}" = 1 ]; then
     CELLS=600 STEPS=8 SUBSET="--subset 300" TEST="--test-subset 50" SAMPLES=50
@@ -31,6 +38,7 @@ nvidia-smi -L 2>/dev/null
 python3 -c "import torch, scvi, scmixvae; print('torch', torch.__version__, 'scvi-tools', \
 scvi.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 
+if [ "${SKIP_COST:-0}" != 1 ]; then
 stamp "single-cell cost"
 timeout 170 python3 -m benchmarks.cost --cells $CELLS --epochs 4 --min-steps $STEPS --repeats 1 \
     --stem cost_gpu --out "$RES" \
@@ -44,44 +52,54 @@ timeout 100 python3 -m benchmarks.image_cost --arch vanilla --epochs 2 $SUBSET \
     --stem image_cost_vanilla_gpu --out "$RES" --models S1 S5 S5:shared:A1 S200:shared:A1
 pkill -f "benchmarks.image_cost --child"
 pack
+fi
 
-image_run() {  # $1: model; $2: epochs; $3: samples per image; $4: stem
+image_run() {  # $1: model; $2: seed; $3: epochs; $4: samples per image; $5: stem
     # shellcheck disable=SC2086
     python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models "$1" \
-        --epochs "$2" --warmup-epochs $WARMUP --total-samples "$3" $SUBSET $TEST \
-        --runs "$RUNS" --out "$RES/parts" --stem "$4" --threads 2 --resume
+        --seeds "$2" --epochs "$3" --warmup-epochs $WARMUP --total-samples "$4" $SUBSET $TEST \
+        --runs "$RUNS" --out "$RES/parts" --stem "$5" --threads 2 --resume
+}
+side_by_side() {  # $1: epochs; $2: samples per image; $3: stem prefix
+    local pids=() m s name
+    for s in $IMAGE_SEEDS; do
+        for m in $IMAGE_MODELS; do
+            name="$3_${m//:/_}_seed$s"
+            image_run "$m" "$s" "$1" "$2" "$name" > "$RES/$name.log" 2>&1 &
+            pids+=($!)
+        done
+    done
+    wait "${pids[@]}"  # a bare `wait` would also wait for the log's tee
 }
 
-stamp "image probe: one epoch of each configuration, side by side"
-# a bare `wait` would also wait for the log's tee
-PIDS=()
-for m in $IMAGE_MODELS; do
-    image_run "$m" 1 10 "probe_${m//:/_}" > "$RES/probe_${m//:/_}.log" 2>&1 &
-    PIDS+=($!)
-done
-wait "${PIDS[@]}"
-SLOWEST=$(python3 - "$RUNS" <<'EOF'
+if [ -n "${IMAGE_EPOCHS:-}" ]; then
+    EPOCHS=$IMAGE_EPOCHS
+else
+    stamp "image probe: one epoch of each configuration, side by side"
+    side_by_side 1 10 probe
+    SLOWEST=$(python3 - "$RUNS" <<'EOF'
 import json, pathlib, sys
 times = [json.loads(p.read_text())["seconds_per_epoch"]
          for p in pathlib.Path(sys.argv[1]).glob("*/training.json")]
 print(max(times) if times else 0)
 EOF
 )
-if [ "$SLOWEST" = 0 ]; then stamp "no probe finished (see probe_*.log)"; pack; exit 1; fi
-# keep 90 s for the evaluation at the full sample count and the combined report
-EPOCHS=$(python3 -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
-stamp "slowest probe epoch ${SLOWEST} s; training every configuration to $EPOCHS epochs"
-PIDS=()
-for m in $IMAGE_MODELS; do
-    image_run "$m" "$EPOCHS" $SAMPLES "run_${m//:/_}" > "$RES/run_${m//:/_}.log" 2>&1 &
-    PIDS+=($!)
-done
-wait "${PIDS[@]}"
+    if [ "$SLOWEST" = 0 ]; then stamp "no probe finished (see probe_*.log)"; pack; exit 1; fi
+    # keep 90 s for the evaluation at the full sample count and the combined report
+    EPOCHS=$(python3 -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
+    stamp "slowest probe epoch ${SLOWEST} s"
+fi
+stamp "training every configuration and seed to $EPOCHS epochs, side by side"
+side_by_side "$EPOCHS" $SAMPLES run
 stamp "combined report (reuses the trained and evaluated runs)"
+for d in "$RUNS"/*/; do
+    mkdir -p "$RES/runs/$(basename "$d")"
+    cp "$d"/*.json "$d"/*.txt "$RES/runs/$(basename "$d")/" 2>/dev/null
+done
+pack
 # shellcheck disable=SC2086
 python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
-    --epochs "$EPOCHS" --warmup-epochs $WARMUP --total-samples $SAMPLES $SUBSET $TEST \
-    --runs "$RUNS" --out "$RES" --stem image_vanilla_mnist_gpu --resume
-for d in "$RUNS"/*/; do cp "$d/training.json" "$RES/training_$(basename "$d").json"; done
+    --seeds $IMAGE_SEEDS --epochs "$EPOCHS" --warmup-epochs $WARMUP --total-samples $SAMPLES \
+    $SUBSET $TEST --runs "$RUNS" --out "$RES" --stem "$IMAGE_STEM" --resume
 pack
 stamp done

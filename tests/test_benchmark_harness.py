@@ -430,21 +430,52 @@ def test_the_simulated_batch_thins_counts_as_documented():
 
 
 def test_image_nll_harness_and_resume(tmp_path, data_dir):
+    import shutil
+
+    import numpy as np
+
     from benchmarks import image_nll_vs_s
 
     args = ["--models", "S1", "S3:shared:A1", "--epochs", "1", "--warmup-epochs", "1",
-            "--subset", "200", "--test-subset", "20", "--total-samples", "6",
+            "--subset", "200", "--test-subset", "20", "--total-samples", "6", "--seeds", "0", "1",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), "--resume"]  # fmt: skip
     first = image_nll_vs_s.main(args)
-    rows = {r["model"]: r for r in first["rows"]}
-    assert rows["S=3, shared, A=1"]["samples_per_component"] == 2  # 6 samples split over S
-    assert rows["S=1"]["samples_per_component"] == 6
+    rows = {(r["model"], r["seed"]): r for r in first["rows"]}
+    assert len(rows) == 4
+    assert rows[("S=3, shared, A=1", 1)]["samples_per_component"] == 2  # 6 samples split over S
+    assert rows[("S=1", 0)]["samples_per_component"] == 6
+    assert rows[("S=1", 0)]["test_nll_mixture"] != rows[("S=1", 1)]["test_nll_mixture"]
     assert all(r["test_nll_mixture"] <= r["negative_bound"] for r in first["rows"])
+    paired = {p["code"]: p for p in first["paired_with_first_model"]}
+    expected = np.mean([rows[("S=3, shared, A=1", s)]["test_nll_mixture"]
+                        - rows[("S=1", s)]["test_nll_mixture"] for s in (0, 1)])  # fmt: skip
+    assert paired["S3:shared:A1"]["n_seeds"] == 2
+    assert paired["S3:shared:A1"]["minus_first"] == pytest.approx(expected)
+    assert paired["S1"]["minus_first"] is None
     evaluation = tmp_path / "runs" / "vanilla_mnist_S3_shared_A1" / "evaluation.json"
     written = evaluation.stat().st_mtime_ns
     again = image_nll_vs_s.main(args)  # nothing trained or evaluated again
     assert again["rows"] == first["rows"]
     assert evaluation.stat().st_mtime_ns == written
+
+    # a run that is not on disk keeps its row from the report, unless the budget changed
+    shutil.rmtree(tmp_path / "runs" / "vanilla_mnist_S1_seed1")
+    kept = image_nll_vs_s.main(args)
+    assert kept["rows"] == first["rows"]
+    assert not (tmp_path / "runs" / "vanilla_mnist_S1_seed1").exists()
+    report = json.loads((tmp_path / "image_vanilla_mnist.json").read_text())
+    assert [r["seed"] for r in report["rows"]] == [0, 0, 1, 1]
+    only = image_nll_vs_s.main([*args[:3], "S2", *args[3:-1], "--report-only"])
+    assert only["rows"] == first["rows"]  # S2 is listed as not run, and nothing trains
+    assert only["not_run"] == ["S2 seed 0", "S2 seed 1"]
+    assert not (tmp_path / "runs" / "vanilla_mnist_S2").exists()
+    shutil.rmtree(tmp_path / "runs" / "vanilla_mnist_S1_seed1", ignore_errors=True)
+    other = ["--models", "S1", "--seeds", "1", *args[3:11], "--total-samples", "4",
+             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), "--resume"]  # fmt: skip
+    retrained = image_nll_vs_s.main(other)
+    assert (tmp_path / "runs" / "vanilla_mnist_S1_seed1" / "evaluation.json").exists()
+    assert retrained["rows"][0]["samples_per_component"] == 4
+    assert retrained["paired_with_first_model"] == []
 
 
 def test_the_likelihood_curve_leaves_training_unchanged(data_dir):
