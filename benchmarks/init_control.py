@@ -141,6 +141,18 @@ def report_lines(table: pd.DataFrame, args) -> list[str]:
     return lines
 
 
+def reported_rows(stem: Path, args) -> list[dict]:
+    """The rows of the existing report at ``stem``, if it was made with the same settings."""
+    path = stem.with_suffix(".json")
+    if not path.exists():
+        return []
+    payload = json.loads(path.read_text())
+    saved = payload.get("settings", {})
+    if any(saved.get(k) != getattr(args, k) for k in PROGRESS_SETTINGS):
+        return []
+    return payload.get("rows", [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mouse_bladder")
@@ -179,6 +191,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     progress.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in progress.read_text().splitlines()] if (
         args.resume and progress.exists()) else []  # fmt: skip
+    if args.resume:
+        # .progress is not committed: a fresh checkout resumes from the report's own rows
+        in_progress = {(r["arm"], r["seed"]) for r in done}
+        done += [r for r in reported_rows(stem, args) if (r["arm"], r["seed"]) not in in_progress]
     if not args.resume:
         progress.unlink(missing_ok=True)
     adata, split = prepare(args.dataset, args.n_genes, args.split_seed, args.max_cells)

@@ -498,7 +498,9 @@ def test_the_likelihood_curve_leaves_training_unchanged(data_dir):
     np.testing.assert_array_equal(histories[0], histories[1])
 
 
-def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(tmp_path, data_dir):
+def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(
+    tmp_path, data_dir, monkeypatch
+):
     import json
 
     import numpy as np
@@ -532,10 +534,22 @@ def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(tmp_path, d
     assert np.isfinite(entry[f"{other}: log p(x)"]) and entry[f"{other}: log p(x)"] != -100.0
     report = (tmp_path / "init_control_sorted_pbmc.md").read_text()
     assert f"Command: `python -m benchmarks.init_control {' '.join(args)}`" in report
+
     # resumed: the finished seed is not trained again
-    init_control.run_seed = lambda *_: pytest.fail("a finished seed was trained again")
+    def trained(*_):
+        raise RuntimeError("a finished seed was trained again")
+
+    monkeypatch.setattr(init_control, "run_seed", trained)
     again = init_control.main([*args, "--resume"])
     assert again.to_dict("records") == [entry]
+    # nor in a fresh checkout, which has the committed report but no .progress
+    for progress in (tmp_path / ".progress").glob("init_control_*"):
+        progress.unlink()
+    fresh = init_control.main([*args, "--resume"])
+    assert fresh.to_dict("records") == [entry]
+    # the report's rows count only under the same settings
+    with pytest.raises(RuntimeError, match="trained again"):
+        init_control.main([*args, "--resume", "--n-mc-samples", "21"])
 
 
 def test_image_profile_harness(tmp_path, data_dir):
