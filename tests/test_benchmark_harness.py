@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks import cost
 from benchmarks._models import ModelSpec
 from benchmarks.singlecell import (
+    METRICS,
+    _paired_metric_lines,
     _paired_test_lines,
     _reusable_rows,
+    holm,
     main,
     model_family,
+    paired_metric_tests,
     paired_tests,
     with_paired_differences,
 )
@@ -290,6 +295,48 @@ def test_paired_tests_pair_each_model_with_its_references():
     lines = _paired_test_lines(tests)
     assert len(lines) == 2 + len(tests)
     assert "+0.50 ± 0.41 vs SCVI(n_layers=2) | 2/3 |" in lines[3]
+
+
+def test_holm_adjusts_a_family_of_p_values():
+    # sorted 0.01, 0.03, 0.04 scaled by 3, 2, 1 -> 0.03, 0.06, 0.04, then made monotone
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_paired_metric_tests_pair_by_seed_and_correct_for_the_family():
+    base = {m: 0.5 for m in METRICS}
+    rows = []
+    for seed, noise in enumerate([0.0, 0.01, -0.01, 0.02]):
+        rows.append({"model": "SCVI", "seed": seed, "heldout_marginal_ll": 0.0,
+                     **{f"{m}_mean": v + noise for m, v in base.items()}})  # fmt: skip
+        # better on leiden ARI by 0.1 at every seed, and on nothing else
+        mix = {f"{m}_mean": v + noise + (0.1 + noise / 2 if m == "leiden_ari" else 0.0)
+               for m, v in base.items()}  # fmt: skip
+        rows.append({"model": "MixSCVI(S=5)", "seed": seed, "heldout_marginal_ll": 0.0, **mix})
+    rows += [
+        {
+            "model": "MixSCVI(S=50)",
+            "seed": s,
+            "heldout_marginal_ll": 0.0,
+            **{f"{m}_mean": 0.9 for m in METRICS},
+        }
+        for s in (0, 1)
+    ]  # 2 seeds: no test
+    tests = paired_metric_tests(rows)
+    assert set(tests["model"]) == {"MixSCVI(S=5)"} and len(tests) == len(METRICS)
+    leiden = tests.set_index("metric").loc["leiden_ari"]
+    diffs = np.array([0.1, 0.105, 0.095, 0.11])
+    from scipy.stats import ttest_1samp
+
+    assert leiden["minus_scvi"] == pytest.approx(diffs.mean())
+    assert leiden["above_scvi"] == "4/4"
+    assert leiden["p"] == pytest.approx(ttest_1samp(diffs, 0).pvalue)
+    assert leiden["p_holm"] == pytest.approx(min(1, 6 * leiden["p"]))  # the smallest of six
+    others = tests[tests["metric"] != "leiden_ari"]
+    assert (others["minus_scvi"].abs() < 1e-12).all() and (others["p_holm"] == 1).all()
+    lines = _paired_metric_lines(tests)
+    assert lines[2].startswith("| MixSCVI(S=5) | 4 | +0.000 (0/4")
+    assert "6 tests: 1 with p < 0.05 before the correction, 1 after it (1 of them" in lines[-1]
 
 
 def test_image_cost_harness(tmp_path, data_dir):
