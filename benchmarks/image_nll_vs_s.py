@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(rows[-1], flush=True)
 
+    if not rows:
+        parser.error(f"nothing to report: no finished run in {args.runs} and no earlier rows")
     payload = {
         "models": [spec.code for spec in specs],
         "architecture": args.arch,
@@ -150,6 +152,16 @@ def main(argv: list[str] | None = None) -> dict:
         "paired_with_first_model": _paired_with_first(rows, [s.code for s in specs]),
         "not_run": not_run,
     }
+    lines = _report_lines(payload, args)
+    write_report(stem, payload, lines)
+    _plot(rows, stem.with_suffix(".png"), f"{args.arch}, {args.dataset}, {args.epochs} epochs")
+    print("\n".join(lines))
+    return payload
+
+
+def _report_lines(payload: dict, args) -> list[str]:
+    """The markdown report: one row per (model, seed), then the table paired by seed."""
+    rows, not_run = payload["rows"], payload["not_run"]
     n_test = rows[0]["n_test_images"] if rows else 0
     lines = [
         f"# {args.arch} mixture VAE on {args.dataset}: test NLL vs S",
@@ -195,8 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
                 + f" | {versus} | {p['seeds_lower'] or '–'} | "
                 f"{'–' if p['p'] is None else format(p['p'], '.3f')} |"
             )
-    write_report(stem, payload, lines)
+    return lines
 
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    """Test NLL (both estimators) and -MISELBO against S: mean ± std over seeds."""
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     means = _mean_over_seeds(rows)
     s_values = [m["S"] for m in means]
@@ -221,17 +236,13 @@ def main(argv: list[str] | None = None) -> dict:
     n_seeds = max(seeds_per_model.values())
     up_to = "up to " if min(seeds_per_model.values()) < n_seeds else ""
     ax.set_title(
-        f"{args.arch}, {args.dataset}, {args.epochs} epochs"
-        + (f", mean ± std of {up_to}{n_seeds} seeds" if n_seeds > 1 else ""),
-        fontsize=9,
+        title + (f", mean ± std of {up_to}{n_seeds} seeds" if n_seeds > 1 else ""), fontsize=9
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(stem.with_suffix(".png")) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
-    print("\n".join(lines))
-    return payload
 
 
 def _reported_rows(

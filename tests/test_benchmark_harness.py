@@ -516,6 +516,8 @@ def test_image_nll_harness_and_resume(tmp_path, data_dir):
     assert only["rows"] == first["rows"]  # S2 is listed as not run, and nothing trains
     assert only["not_run"] == ["S2 seed 0", "S2 seed 1"]
     assert not (tmp_path / "runs" / "vanilla_mnist_S2").exists()
+    with pytest.raises(SystemExit):  # nothing at all to report is an error, not an empty table
+        image_nll_vs_s.main(["--models", "S2", *args[3:-1], "--report-only"])
     shutil.rmtree(tmp_path / "runs" / "vanilla_mnist_S1_seed1", ignore_errors=True)
     other = ["--models", "S1", "--seeds", "1", *args[3:11], "--total-samples", "4",
              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), "--resume"]  # fmt: skip
