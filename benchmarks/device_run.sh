@@ -9,7 +9,7 @@
 # Results are packed into $OUT/results.tgz after each stage, so a stage cut short keeps the
 # earlier ones; the log streams to $OUT/log.txt. The image runs' small files (configuration,
 # training summary, evaluation, machine; no checkpoints) go to runs/ in the pack, so that the
-# report can be rebuilt elsewhere with `benchmarks.image_nll_vs_s --runs <that folder> --resume`.
+# report can be rebuilt elsewhere: `benchmarks.image_nll_vs_s --runs <that folder> --report-only`.
 #
 # Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run.sh [budget_seconds]
 # Settings (environment): SKIP_COST=1 skips stages 1-2; IMAGE_MODELS, IMAGE_SEEDS (default 0;
