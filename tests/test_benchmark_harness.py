@@ -616,3 +616,37 @@ def test_image_profile_harness(tmp_path, data_dir):
     report = (tmp_path / "image_profile_vanilla.md").read_text()
     assert "| S=3, shared, A=1 | " in report and "| – | – |" in report
     assert f"Command: `python -m benchmarks.image_profile {' '.join(args)}`" in report
+
+
+def test_device_run_script_smoke_on_the_cpu(tmp_path, data_dir):
+    """The GPU script's image stage, tiny, on the CPU: two seeds side by side, a paired report
+    and the run files packed for a rebuild elsewhere (its cost stages are skipped)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    # the script calls python3: make it this interpreter
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").symlink_to(sys.executable)
+    path = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SCMIXVAE_DATA_DIR": str(data_dir),
+           "SMOKE": "1", "SKIP_COST": "1", "IMAGE_MODELS": "S1", "IMAGE_SEEDS": "0 1",
+           "IMAGE_EPOCHS": "1", "IMAGE_STEM": "smoke", "MPLBACKEND": "Agg"}  # fmt: skip
+    subprocess.run(["bash", "benchmarks/device_run.sh", "300"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    with tarfile.open(tmp_path / "results.tgz") as pack:
+        names = pack.getnames()
+        report = json.load(pack.extractfile("./smoke.json"))
+    assert [(r["code"], r["seed"]) for r in report["rows"]] == [("S1", 0), ("S1", 1)]
+    assert report["paired_with_first_model"][0]["n_seeds"] == 2
+    for run in ("vanilla_mnist_S1", "vanilla_mnist_S1_seed1"):
+        assert f"./runs/{run}/evaluation.json" in names
+        assert f"./runs/{run}/trained_on.txt" in names
+    assert not any(name.endswith(".ckpt") for name in names)  # checkpoints stay behind
+    assert (
+        "training every configuration and seed to 1 epochs" in (tmp_path / "log.txt").read_text()
+    )
