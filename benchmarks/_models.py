@@ -106,6 +106,21 @@ class ModelSpec:
             raise ValueError(f"model {text!r}: H<n> sets the shared encoder's head; add 'shared'.")
         return cls("mixscvi", **fields)
 
+    def image_config(self, **training):
+        """The image run of this configuration: ``ImageTrainConfig`` with the mixture's fields
+        from the spec and ``training`` (architecture, dataset, epochs, seed, ...) for the rest."""
+        from scmixvae.image.training import ImageTrainConfig
+
+        if not self.has_image_form:
+            raise ValueError(f"{self.code} is single-cell only (scvi, H<n> and L<n>)")
+        return ImageTrainConfig(
+            n_components=self.n_components,
+            objective=self.objective,
+            shared_encoder=self.shared_encoder,
+            n_sampled_components=self.n_sampled_components,
+            **training,
+        )
+
     def build(self, adata, layer: str | None = None, **setup):
         """Register ``adata`` and return the untrained model with the benchmark architecture."""
         import scvi

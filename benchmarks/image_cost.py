@@ -35,12 +35,10 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
     """Train one configuration and time its epochs (runs in a child process)."""
     import torch
 
-    from scmixvae.image.training import ImageTrainConfig, train
+    from scmixvae.image.training import train
 
-    config = ImageTrainConfig(
-        architecture=args.arch, dataset=args.dataset, n_components=spec.n_components,
-        objective=spec.objective, shared_encoder=spec.shared_encoder,
-        n_sampled_components=spec.n_sampled_components, epochs=args.epochs,
+    config = spec.image_config(
+        architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
         warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
     )  # fmt: skip
     timer = EpochTimer()

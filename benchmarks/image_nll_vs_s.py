@@ -99,13 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(reported[(spec.code, seed)])
                 print("kept from the report:", rows[-1], flush=True)
                 continue
-            config = ImageTrainConfig(
+            config = spec.image_config(
                 architecture=args.arch,
                 dataset=args.dataset,
-                n_components=spec.n_components,
-                objective=spec.objective,
-                shared_encoder=spec.shared_encoder,
-                n_sampled_components=spec.n_sampled_components,
                 epochs=args.epochs,
                 warmup_epochs=args.warmup_epochs,
                 patience=args.epochs,

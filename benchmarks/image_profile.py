@@ -55,14 +55,12 @@ def profile_model(spec: ModelSpec, args: argparse.Namespace) -> dict:
 
     from scmixvae.image.data import load_splits
     from scmixvae.image.models import build_model
-    from scmixvae.image.training import ImageTrainConfig, ImageVAEPlan, train
+    from scmixvae.image.training import ImageVAEPlan, train
     from scmixvae.mixture import bound
 
-    config = ImageTrainConfig(
-        architecture=args.arch, dataset=args.dataset, n_components=spec.n_components,
-        objective=spec.objective, shared_encoder=spec.shared_encoder,
-        n_sampled_components=spec.n_sampled_components, epochs=2, warmup_epochs=1,
-        patience=2, subset=args.subset,
+    config = spec.image_config(
+        architecture=args.arch, dataset=args.dataset, epochs=2, warmup_epochs=1, patience=2,
+        subset=args.subset,
     )  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -236,6 +236,11 @@ def test_model_codes_are_checked():
             ModelSpec.parse(bad)
     assert not deeper.has_image_form and not earlier.has_image_form
     assert ModelSpec.parse("S50:shared:A1").has_image_form
+    config = ModelSpec.parse("S50:ensemble:shared:A2").image_config(epochs=3, seed=4)
+    assert (config.n_components, config.objective, config.shared_encoder) == (50, "ensemble", True)
+    assert (config.n_sampled_components, config.epochs, config.seed) == (2, 3, 4)
+    with pytest.raises(ValueError, match="single-cell only"):
+        earlier.image_config()
 
 
 def test_deeper_scvi_is_built_deeper_and_not_the_reference():
