@@ -69,7 +69,8 @@ side_by_side() {  # $1: epochs; $2: samples per image; $3: stem prefix
             pids+=($!)
         done
     done
-    wait "${pids[@]}"  # a bare `wait` would also wait for the log's tee
+    # a bare `wait` (no runs asked for) would also wait for the log's tee
+    [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 }
 
 if [ -n "${IMAGE_EPOCHS:-}" ]; then

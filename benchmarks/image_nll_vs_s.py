@@ -283,7 +283,7 @@ def _paired_with_first(rows: list[dict], codes: list[str]) -> list[dict]:
     Empty when no model has two seeds. A difference is taken only over seeds both models ran;
     ``p`` is the two-sided paired t-test over them (``None`` below three seeds).
     """
-    from scipy.stats import ttest_rel
+    from scipy.stats import ttest_1samp
 
     nll = {(r["code"], r["seed"]): r["test_nll_mixture"] for r in rows}
     if max((sum(c == code for c, _ in nll) for code in codes), default=0) < 2:
@@ -307,7 +307,7 @@ def _paired_with_first(rows: list[dict], codes: list[str]) -> list[dict]:
                 minus_first=float(diff.mean()),
                 minus_first_std=float(diff.std()),
                 seeds_lower=f"{int(np.sum(diff < 0))}/{len(both)}",
-                p=float(ttest_rel(diff, np.zeros_like(diff)).pvalue) if len(both) > 2 else None,
+                p=float(ttest_1samp(diff, 0.0).pvalue) if len(both) > 2 else None,
             )
         out.append(record)
     return out
@@ -319,10 +319,9 @@ def _finished_run(config: ImageTrainConfig, run_dir: Path, args) -> tuple[dict, 
     if not (done.exists() and evaluation.exists()):
         return None
     summary, result = json.loads(done.read_text()), json.loads(evaluation.read_text())
-    samples = max(1, args.total_samples // config.n_components)
     same = (
         summary["config"]["epochs"] == config.epochs
-        and result["n_samples_per_component"] == samples
+        and result["n_samples_per_component"] == _samples_per_component(config, args)
         and result["n_images"] == (args.test_subset or result["n_images"])
         and result["training"]["epochs_run"] == summary["epochs_run"]
     )
@@ -341,7 +340,6 @@ def _train_and_evaluate(
     config: ImageTrainConfig, run_dir: Path, args, seed: int
 ) -> tuple[dict, dict]:
     """Train (or, with ``--resume``, continue / reuse) and evaluate one configuration."""
-    samples = max(1, args.total_samples // config.n_components)
     done = run_dir / "training.json"
     if (
         args.resume
@@ -356,7 +354,13 @@ def _train_and_evaluate(
         with atomic_path(run_dir / MACHINE_FILE) as tmp:
             tmp.write_text(machine_description())
     summary = _with_machine(summary, run_dir)
+    samples = _samples_per_component(config, args)
     return summary, evaluate(run_dir, samples, subset=args.test_subset, seed=seed)
+
+
+def _samples_per_component(config: ImageTrainConfig, args) -> int:
+    """``--total-samples`` split evenly over the S components (at least one each)."""
+    return max(1, args.total_samples // config.n_components)
 
 
 if __name__ == "__main__":
