@@ -298,6 +298,25 @@ class MixVAE(VAE):
         n_sampled_components: int | None = None,
     ) -> dict[str, torch.Tensor | Distribution | None]:
         """Encode the counts into the mixture, then draw latents (see :meth:`_draw`)."""
+        qz, encoder_input, covariates = self._encode(x, batch_index, cont_covs, cat_covs)
+        # the latent is drawn before the library encoder runs, in scVI's order of draws
+        latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
+        ql = None
+        if self.use_observed_lib_size:
+            # a cell without counts would give log(0); flooring at one count leaves others as scVI
+            library = torch.log(x.sum(1).clamp(min=1.0)).unsqueeze(1)
+        else:
+            ql, library = self.l_encoder(encoder_input, *covariates)
+        return self._outputs(qz, latent, ql, library)
+
+    def _encode(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        cont_covs: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+    ) -> tuple[MixtureNormal, torch.Tensor, tuple]:
+        """The mixture posterior of the counts, with the encoders' input and covariates."""
         encoder_input = torch.log1p(x) if self.log_variational else x
         if cont_covs is not None and self.encode_covariates:
             encoder_input = torch.cat((encoder_input, cont_covs), dim=-1)
@@ -313,16 +332,7 @@ class MixVAE(VAE):
             covariates = categorical
         else:
             covariates = (batch_index, *categorical)
-        qz: MixtureNormal = self.z_encoder(encoder_input, *covariates)
-        # the latent is drawn before the library encoder runs, in scVI's order of draws
-        latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
-        ql = None
-        if self.use_observed_lib_size:
-            # a cell without counts would give log(0); flooring at one count leaves others as scVI
-            library = torch.log(x.sum(1).clamp(min=1.0)).unsqueeze(1)
-        else:
-            ql, library = self.l_encoder(encoder_input, *covariates)
-        return self._outputs(qz, latent, ql, library)
+        return self.z_encoder(encoder_input, *covariates), encoder_input, covariates
 
     def _cached_inference(
         self,
@@ -442,6 +452,10 @@ class MixVAE(VAE):
         x_per_draw = x.repeat(math.prod(lead), 1)  # same (L, A, B) order as the draws
         return px.log_prob(x_per_draw).sum(-1).view(*lead, x.shape[0])
 
+    def latent_log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(z)` of Gaussian latent draws ``[..., D]``: scVI's standard normal."""
+        return Normal(0.0, 1.0).log_prob(z).sum(-1)
+
     def _log_library_ratio(self, inference_outputs, batch_index) -> torch.Tensor:
         """log p(l) - log q(l | x) at the library draws, ``[..., B]`` (0 for observed sizes)."""
         library = inference_outputs[MODULE_KEYS.LIBRARY_KEY]
@@ -478,7 +492,7 @@ class MixVAE(VAE):
             z,
             component,
             log_px_z=log_px_z,
-            log_pz=Normal(0.0, 1.0).log_prob(z).sum(-1),
+            log_pz=self.latent_log_prior(z),
             with_sub_mixture=self.objective == "some_to_some",
             kl_own=qz.kl_to_standard_normal(component),
         )
