@@ -15,6 +15,8 @@ __version__ = "0.2.0"
 _LAZY = {
     "MixSCVI": ("scmixvae.singlecell.model", "MixSCVI"),
     "MixVAE": ("scmixvae.singlecell.module", "MixVAE"),
+    "MixSCANVI": ("scmixvae.singlecell.scanvi_model", "MixSCANVI"),
+    "MixSCANVAE": ("scmixvae.singlecell.scanvi_module", "MixSCANVAE"),
     "tl": ("scmixvae.tl", None),
     "pl": ("scmixvae.pl", None),
     "datasets": ("scmixvae.datasets", None),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from uuid import uuid4
 
@@ -22,9 +25,11 @@ SCANVI_FROM_SCVI_MESSAGE = "Passed in scvi model hasn't been trained yet."
 SCANVI_REFUSAL = (
     "SCANVI.from_scvi_model cannot start from a MixSCVI: SCANVI's encoder is one Gaussian, so "
     "the mixture's S encoders have no place in it, and loading the rest would silently start "
-    "SCANVI from an untrained encoder. Train scvi.model.SCANVI directly, or transfer labels "
-    "from MixSCVI's latent (e.g. a kNN classifier on model.get_latent_representation())."
+    "SCANVI from an untrained encoder. Use scmixvae.MixSCANVI.from_scvi_model(mixscvi, "
+    "unlabeled_category=...), which keeps every trained weight."
 )
+# set while MixSCANVI.from_scvi_model runs scvi-tools' conversion on a MixSCVI
+_CONVERTING_TO_MIXSCANVI: ContextVar[bool] = ContextVar("converting_to_mixscanvi", default=False)
 
 
 def with_checkpoint_support(callbacks: list) -> list:
@@ -105,8 +110,30 @@ def refuse_scanvi_conversion(message: str | None) -> None:
     scvi-tools offers no hook for it; its first call on the given model is
     ``_check_if_trained`` with :data:`SCANVI_FROM_SCVI_MESSAGE`.
     """
-    if message == SCANVI_FROM_SCVI_MESSAGE:
+    if message == SCANVI_FROM_SCVI_MESSAGE and not _CONVERTING_TO_MIXSCANVI.get():
         raise TypeError(SCANVI_REFUSAL)
+
+
+@contextmanager
+def converting_to_mixscanvi() -> Iterator[None]:
+    """Let scvi-tools' ``SCANVI.from_scvi_model`` take a MixSCVI (for MixSCANVI only)."""
+    token = _CONVERTING_TO_MIXSCANVI.set(True)
+    try:
+        yield
+    finally:
+        _CONVERTING_TO_MIXSCANVI.reset(token)
+
+
+def with_label_subsampling(callbacks: list, n_samples_per_label: float | None) -> list:
+    """Add scvi-tools' label subsampling callback, which its ``SemisupervisedTrainingMixin``
+    drops whenever ``callbacks`` are passed (it adds the two lists without keeping the sum)."""
+    if n_samples_per_label is None:
+        return callbacks
+    from scvi.train._callbacks import SubSampleLabels
+
+    if any(isinstance(c, SubSampleLabels) for c in callbacks):
+        return callbacks
+    return [*callbacks, SubSampleLabels()]
 
 
 def minify_type(adata) -> str | None:

@@ -1,4 +1,4 @@
-"""MixSCANVAE: scANVI's generative model with a mixture posterior for ``z1``, trained by MISELBO."""
+"""MixSCANVAE: scANVI's model with a mixture posterior for ``z1``, trained by MISELBO."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ class MixSCANVAE(MixVAE, SCANVAE):
         lead = untran_z.shape[:-1]
         log_px_z = self.draw_log_likelihood(generative_outputs[MODULE_KEYS.PX_KEY], x, untran_z)
         z = inference_outputs[MODULE_KEYS.Z_KEY]  # what the classifier sees, as in scANVI
-        log_pz1, kl_upper = (t.view(lead) for t in self._hierarchy_terms(z.reshape(-1, z.shape[-1])))
+        hierarchy = self._hierarchy_terms(z.reshape(-1, z.shape[-1]))
+        log_pz1, kl_upper = (t.view(lead) for t in hierarchy)
         # scANVI warms up only the KL terms of z2, y and the library: fold them into the
         # likelihood so that the core's bound (beta = 1) is scANVI's loss
         terms = qz.draw_terms(
@@ -216,7 +217,10 @@ class MixSCANVAE(MixVAE, SCANVAE):
     def classification_loss(
         self, labelled_dataset: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean over components of the cross-entropy at each component's mean, ``(ce, y, log p)``."""
+        """Mean over components of the cross-entropy at each component's mean.
+
+        Returns ``(ce, y, log p)``, ``log p`` the log mixture predictive at the means.
+        """
         inputs = self._get_inference_input(labelled_dataset)
         qz, _, _ = self._encode(
             inputs[MODULE_KEYS.X_KEY],
@@ -224,6 +228,9 @@ class MixSCANVAE(MixVAE, SCANVAE):
             labelled_dataset.get(REGISTRY_KEYS.CONT_COVS_KEY),
             labelled_dataset.get(REGISTRY_KEYS.CAT_COVS_KEY),
         )
+        # scANVI's encoder draws a latent here that its classifier does not use; drawing as
+        # many normals keeps S = 1 on scANVI's random stream (the classifier's dropout masks)
+        torch.randn(qz.loc.shape, dtype=qz.loc.dtype, device=qz.loc.device)
         y = labelled_dataset[REGISTRY_KEYS.LABELS_KEY]
         means = qz.component_loc  # [S, B, D]
         logits = self.classify_helper(means.reshape(-1, means.shape[-1]))

@@ -153,3 +153,35 @@ def warn_empty_cells_and_genes(
             stacklevel=3,
         )
     return n_cells, n_genes
+
+
+def check_labels_column(adata, labels_key: str | None, unlabeled_category: str) -> None:
+    """Raise a one-line error for a labels column a semi-supervised model cannot learn from.
+
+    The column must exist and hold at least one labelled cell. An ``unlabeled_category`` absent
+    from the column is allowed (every cell labelled) unless it matches one of the column's
+    values up to case and spaces, a typo that would turn the unlabeled cells into a cell type.
+    """
+    if labels_key is None:
+        raise ValueError("a labels_key is needed: the adata.obs column holding the cell labels.")
+    if labels_key not in adata.obs:
+        raise KeyError(
+            f"labels column {labels_key!r} is not in adata.obs (columns: "
+            f"{list(adata.obs.columns)})."
+        )
+    values = adata.obs[labels_key].astype(str)
+    present = set(values.unique())
+    if present <= {str(unlabeled_category)}:
+        raise ValueError(
+            f"adata.obs[{labels_key!r}] holds only the unlabeled category "
+            f"{unlabeled_category!r}: at least one labelled cell is needed."
+        )
+    if str(unlabeled_category) not in present:
+        folded = {v.strip().casefold(): v for v in present}
+        near = folded.get(str(unlabeled_category).strip().casefold())
+        if near is not None:
+            raise ValueError(
+                f"unlabeled_category {unlabeled_category!r} is not in adata.obs[{labels_key!r}], "
+                f"which holds {near!r}: pass unlabeled_category={near!r}, or those cells "
+                "become a cell type."
+            )

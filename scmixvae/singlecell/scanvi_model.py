@@ -1,0 +1,337 @@
+"""MixSCANVI: scvi-tools' SCANVI with the mixture posterior of MixSCVI, for label transfer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.model import SCANVI
+
+from scmixvae.mixture import DEFAULT_OBJECTIVE, Objective
+from scmixvae.uncertainty import predictive_uncertainty
+
+from . import _compat
+from .mixture_model import MixtureModelMixin
+from .model import MixSCVI
+from .module import validate_mixture_options
+from .scanvi_module import MixSCANVAE
+from .validation import check_counts, check_labels_column
+
+
+class MixSCANVI(MixtureModelMixin, SCANVI):
+    """scANVI with a mixture of ``S`` encoders trained by MISELBO, for label transfer.
+
+    A drop-in for :class:`scvi.model.SCANVI`: the same ``setup_anndata``, ``from_scvi_model``
+    (from a trained :class:`~scmixvae.MixSCVI`), semi-supervised training, ``predict``,
+    scArches reference mapping, save/load and the inherited downstream methods, with
+    ``q(z_1 | x)`` the mixture posterior of MixSCVI (see
+    :class:`~scmixvae.singlecell.scanvi_module.MixSCANVAE`) and the mixture's methods of
+    MixSCVI (``get_latent_representation(component=...)``, responsibilities, divergence,
+    ``get_marginal_ll`` with the mixture as proposal).
+
+    Predictions average the classifier over the components (the mixture predictive), and
+    :meth:`get_label_uncertainty` splits the predictive entropy into the components'
+    disagreement and the rest (:mod:`scmixvae.uncertainty`).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Registry of a datamodule, as SCANVI.
+    n_components, objective, shared_encoder, n_sampled_components, n_particles,
+    importance_weighted
+        The mixture, as :class:`~scmixvae.MixSCVI`.
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
+    use_observed_lib_size, linear_classifier, datamodule
+        As :class:`scvi.model.SCANVI`.
+    **model_kwargs
+        Passed to :class:`~scmixvae.singlecell.scanvi_module.MixSCANVAE` (``y_prior``,
+        ``classifier_parameters``, ``latent_distribution``, ``n_head_hidden``, ...).
+
+    Examples
+    --------
+    >>> scmixvae.MixSCVI.setup_anndata(ref, layer="counts", batch_key="batch")
+    >>> mixscvi = scmixvae.MixSCVI(ref, n_components=5)
+    >>> mixscvi.train()
+    >>> model = scmixvae.MixSCANVI.from_scvi_model(
+    ...     mixscvi, unlabeled_category="Unknown", labels_key="cell_type"
+    ... )
+    >>> model.train(max_epochs=20)
+    >>> probs, uncertainty = model.predict(soft=True, return_uncertainty=True)
+    """
+
+    _module_cls = MixSCANVAE
+    _LATENT_QZM_KEY = "mixscanvi_latent_qzm"
+    _LATENT_QZV_KEY = "mixscanvi_latent_qzv"
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_components: int = 5,
+        objective: Objective = DEFAULT_OBJECTIVE,
+        shared_encoder: bool = False,
+        n_sampled_components: int | None = None,
+        n_particles: int = 1,
+        importance_weighted: bool = False,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        use_observed_lib_size: bool = True,
+        linear_classifier: bool = False,
+        datamodule=None,
+        **model_kwargs,
+    ):
+        validate_mixture_options(
+            n_components, objective, shared_encoder, n_sampled_components, n_particles,
+            gene_likelihood,
+        )  # fmt: skip
+        self._module_kwargs = {"n_components": n_components}
+        super().__init__(
+            adata,
+            registry,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            use_observed_lib_size=use_observed_lib_size,
+            linear_classifier=linear_classifier,
+            datamodule=datamodule,
+            n_components=n_components,
+            objective=objective,
+            shared_encoder=shared_encoder,
+            n_sampled_components=n_sampled_components,
+            n_particles=n_particles,
+            importance_weighted=importance_weighted,
+            **model_kwargs,
+        )
+        drawn = "all" if n_sampled_components is None else n_sampled_components
+        self._model_summary_string = (
+            f"MixSCANVI model: {n_components} mixture components "
+            f"({'shared encoder' if shared_encoder else 'separate encoders'}), objective "
+            f"'{objective}', {drawn} component(s) sampled per step.\n"
+            f"unlabeled_category: {self.unlabeled_category_}, n_labels: {self.n_labels}, "
+            f"n_hidden: {n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, "
+            f"dropout_rate: {dropout_rate}, dispersion: {dispersion}, "
+            f"gene_likelihood: {gene_likelihood}."
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        labels_key: str,
+        unlabeled_category: str,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        use_minified: bool = True,
+        **kwargs,
+    ):
+        """Register ``adata`` as :meth:`scvi.model.SCANVI.setup_anndata` does, checking first.
+
+        The counts are checked as for :meth:`MixSCVI.setup_anndata`; the labels column must
+        exist and hold at least one labelled cell, and an ``unlabeled_category`` that is not
+        in the column but differs from one of its values only in case or spaces (``"unknown"``
+        for ``"Unknown"``) is refused, since those cells would silently become a cell type. An
+        ``unlabeled_category`` absent from the column is otherwise allowed (a fully labelled
+        reference), as in scvi-tools.
+        """
+        if adata is not None:
+            check_labels_column(adata, labels_key, unlabeled_category)
+            for key in [batch_key, size_factor_key, *(categorical_covariate_keys or [])]:
+                if key is not None and key not in adata.obs:
+                    raise KeyError(f"{key!r} is not a column of adata.obs.")
+            if _compat.minify_type(adata) is None:
+                where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+                if layer is not None and layer not in _compat.layer_names(adata):
+                    raise KeyError(f"layer {layer!r} not in adata.layers.")
+                check_counts(_compat.count_matrix(adata, layer), where=where)
+        return super().setup_anndata(
+            adata,
+            labels_key=labels_key,
+            unlabeled_category=unlabeled_category,
+            layer=layer,
+            batch_key=batch_key,
+            size_factor_key=size_factor_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+            use_minified=use_minified,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_scvi_model(
+        cls,
+        scvi_model: MixSCVI,
+        unlabeled_category: str,
+        labels_key: str | None = None,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        **scanvi_kwargs,
+    ) -> MixSCANVI:
+        """A MixSCANVI carrying every trained weight of a :class:`~scmixvae.MixSCVI`.
+
+        As :meth:`scvi.model.SCANVI.from_scvi_model`: the mixture's settings (``S``, encoder
+        kind, ``n_sampled_components``, objective) come from ``scvi_model``; the classifier and
+        the ``z2`` hierarchy start untrained. Every weight of ``scvi_model`` is checked to have
+        arrived unchanged.
+
+        Raises
+        ------
+        TypeError
+            If ``scvi_model`` is not a MixSCVI.
+        RuntimeError
+            If it was never trained.
+        """
+        if not isinstance(scvi_model, MixSCVI):
+            raise TypeError(
+                f"MixSCANVI.from_scvi_model needs a trained scmixvae.MixSCVI, got "
+                f"{type(scvi_model).__name__}; for scvi-tools' SCVI use scvi.model.SCANVI."
+            )
+        if adata is not None:
+            key = labels_key or scvi_model.adata_manager.registry["setup_args"]["labels_key"]
+            check_labels_column(adata, key, unlabeled_category)
+        elif labels_key is not None and scvi_model.adata is not None:
+            check_labels_column(scvi_model.adata, labels_key, unlabeled_category)
+        with _compat.converting_to_mixscanvi():
+            model = super().from_scvi_model(
+                scvi_model, unlabeled_category, labels_key, adata, registry, **scanvi_kwargs
+            )
+        source = scvi_model.module.state_dict()
+        target = model.module.state_dict()
+        lost = [k for k, v in source.items() if k not in target or not torch.equal(v, target[k])]
+        if lost:
+            raise RuntimeError(f"weights of the MixSCVI did not carry over: {lost[:5]}")
+        return model
+
+    def train(self, *args, n_samples_per_label: float | None = None, **kwargs):
+        """Semi-supervised training, as :meth:`scvi.model.SCANVI.train`, with MixSCVI's guards
+        (exact resume, NaN restore); see :meth:`MixSCVI.train <scmixvae.MixSCVI.train>`."""
+        kwargs["callbacks"] = _compat.with_label_subsampling(
+            list(kwargs.get("callbacks") or []), n_samples_per_label
+        )
+        return super().train(*args, n_samples_per_label=n_samples_per_label, **kwargs)
+
+    # prediction -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def get_component_label_probabilities(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        use_posterior_mean: bool = True,
+        n_samples: int = 10,
+        dataloader: Iterator[dict[str, torch.Tensor]] | None = None,
+    ) -> np.ndarray:
+        """Each component's label probabilities, ``(S, n_cells, n_labels)``.
+
+        ``use_posterior_mean=True``: the classifier at each component's mean;
+        ``False``: averaged over ``n_samples`` draws from each component.
+        """
+        self._check_if_trained(warn=False)
+        self.module.eval()
+        out = []
+        for tensors in self._minibatches(adata, indices, batch_size, dataloader):
+            out.append(
+                self.module.component_probabilities(
+                    tensors[REGISTRY_KEYS.X_KEY],
+                    tensors[REGISTRY_KEYS.BATCH_KEY],
+                    tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+                    tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+                    use_posterior_mean=use_posterior_mean,
+                    n_samples=n_samples,
+                ).cpu()
+            )
+        return torch.cat(out, dim=1).numpy()
+
+    def get_label_uncertainty(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        use_posterior_mean: bool = True,
+        n_samples: int = 10,
+    ) -> pd.DataFrame:
+        """Per-cell uncertainty of the predicted label (:func:`scmixvae.uncertainty.
+        predictive_uncertainty`): ``confidence``, ``entropy`` (total), ``disagreement`` (between
+        components: the mutual information, 0 when they agree) and ``expected_entropy``."""
+        probs = self.get_component_label_probabilities(
+            adata, indices, batch_size, use_posterior_mean, n_samples
+        )
+        return self._uncertainty_frame(probs, adata, indices)
+
+    def _uncertainty_frame(self, component_probs, adata, indices) -> pd.DataFrame:
+        frame = predictive_uncertainty(component_probs)
+        names = self._validate_anndata(adata).obs_names
+        frame.index = names if indices is None else names[np.asarray(indices)]
+        return frame
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+        use_posterior_mean: bool = True,
+        ig_interpretability: bool = False,
+        ig_args: dict | None = None,
+        dataloader: Iterator[dict[str, torch.Tensor]] | None = None,
+        n_samples: int = 10,
+        return_uncertainty: bool = False,
+    ):
+        r"""Labels from the mixture predictive :math:`\frac1S \sum_s p_s(y \mid x)`.
+
+        Arguments as :meth:`scvi.model.SCANVI.predict`, plus:
+
+        Parameters
+        ----------
+        use_posterior_mean
+            ``True`` (default): :math:`p_s` is the classifier at component ``s``'s mean.
+            ``False``: the classifier averaged over ``n_samples`` draws from each component
+            (stratified, as the bound).
+        n_samples
+            Draws per component with ``use_posterior_mean=False``.
+        return_uncertainty
+            Also return :meth:`get_label_uncertainty`'s frame for the same cells.
+
+        Returns
+        -------
+        Labels (``soft=False``) or a cells x labels frame of probabilities, and with
+        ``return_uncertainty`` a pair ``(prediction, uncertainty)``.
+        """
+        if ig_interpretability:
+            if return_uncertainty:
+                raise ValueError("return_uncertainty does not combine with ig_interpretability.")
+            return super().predict(
+                adata, indices, soft, batch_size, use_posterior_mean, ig_interpretability,
+                ig_args, dataloader,
+            )  # fmt: skip
+        component_probs = self.get_component_label_probabilities(
+            adata, indices, batch_size, use_posterior_mean, n_samples, dataloader
+        )
+        probs = component_probs.mean(0)
+        names = self._label_mapping[: probs.shape[1]]
+        if soft:
+            obs_names = self._validate_anndata(adata).obs_names
+            index = obs_names if indices is None else obs_names[np.asarray(indices)]
+            prediction = pd.DataFrame(probs, columns=names, index=index)
+        else:
+            prediction = np.asarray(names)[probs.argmax(1)]
+        if not return_uncertainty:
+            return prediction
+        return prediction, self._uncertainty_frame(component_probs, adata, indices)
