@@ -144,15 +144,15 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
     ):
         """Register ``adata`` as :meth:`scvi.model.SCANVI.setup_anndata` does, checking first.
 
-        The counts are checked as for :meth:`MixSCVI.setup_anndata`; the labels column must
-        exist and hold at least one labelled cell, and an ``unlabeled_category`` that is not
-        in the column but differs from one of its values only in case or spaces (``"unknown"``
-        for ``"Unknown"``) is refused, since those cells would silently become a cell type. An
-        ``unlabeled_category`` absent from the column is otherwise allowed (a fully labelled
-        reference), as in scvi-tools.
+        The counts are checked as for :meth:`MixSCVI.setup_anndata`. The labels column must
+        exist; it may be wholly unlabelled (a query; :meth:`from_scvi_model` asks for labels).
+        An ``unlabeled_category`` absent from the column is allowed (a fully labelled
+        reference, as in scvi-tools) unless it differs from one of the column's values only in
+        case or spaces (``"unknown"`` for ``"Unknown"``): those cells would silently become a
+        cell type.
         """
         if adata is not None:
-            check_labels_column(adata, labels_key, unlabeled_category)
+            check_labels_column(adata, labels_key, unlabeled_category, require_labelled=False)
             for key in [batch_key, size_factor_key, *(categorical_covariate_keys or [])]:
                 if key is not None and key not in adata.obs:
                     raise KeyError(f"{key!r} is not a column of adata.obs.")
@@ -203,11 +203,11 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
                 f"MixSCANVI.from_scvi_model needs a trained scmixvae.MixSCVI, got "
                 f"{type(scvi_model).__name__}; for scvi-tools' SCVI use scvi.model.SCANVI."
             )
-        if adata is not None:
-            key = labels_key or scvi_model.adata_manager.registry["setup_args"]["labels_key"]
-            check_labels_column(adata, key, unlabeled_category)
-        elif labels_key is not None and scvi_model.adata is not None:
-            check_labels_column(scvi_model.adata, labels_key, unlabeled_category)
+        scvi_model._check_if_trained(warn=False)  # before anything reads its data
+        data = adata if adata is not None else scvi_model.adata
+        key = labels_key or scvi_model.registry["setup_args"].get("labels_key")
+        if data is not None:
+            check_labels_column(data, key, unlabeled_category)
         with _compat.converting_to_mixscanvi():
             model = super().from_scvi_model(
                 scvi_model, unlabeled_category, labels_key, adata, registry, **scanvi_kwargs

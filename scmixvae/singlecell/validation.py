@@ -155,10 +155,13 @@ def warn_empty_cells_and_genes(
     return n_cells, n_genes
 
 
-def check_labels_column(adata, labels_key: str | None, unlabeled_category: str) -> None:
+def check_labels_column(
+    adata, labels_key: str | None, unlabeled_category: str, require_labelled: bool = True
+) -> None:
     """Raise a one-line error for a labels column a semi-supervised model cannot learn from.
 
-    The column must exist and hold at least one labelled cell. An ``unlabeled_category`` absent
+    The column must exist and, with ``require_labelled`` (a reference; a query may be wholly
+    unlabelled), hold at least one labelled cell. An ``unlabeled_category`` absent
     from the column is allowed (every cell labelled) unless it matches one of the column's
     values up to case and spaces, a typo that would turn the unlabeled cells into a cell type.
     """
@@ -171,7 +174,7 @@ def check_labels_column(adata, labels_key: str | None, unlabeled_category: str) 
         )
     values = adata.obs[labels_key].astype(str)
     present = set(values.unique())
-    if present <= {str(unlabeled_category)}:
+    if require_labelled and present <= {str(unlabeled_category)}:
         raise ValueError(
             f"adata.obs[{labels_key!r}] holds only the unlabeled category "
             f"{unlabeled_category!r}: at least one labelled cell is needed."

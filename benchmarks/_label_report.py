@@ -1,0 +1,174 @@
+"""The label-transfer benchmark's report: tables, paired tests against SCANVI, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_rel
+
+from scmixvae.io import atomic_path
+
+from .singlecell import holm
+
+REFERENCE = "SCANVI"
+# (column, lower is better) of the tables; the paired tests use the same list
+KNOWN_METRICS = [("accuracy", False), ("macro_f1", False), ("ece", True), ("brier", True),
+                 ("nll", True), ("error_auroc[1-confidence]", False), ("accuracy_at_90", False),
+                 ("known_flagged", True)]  # fmt: skip
+UNSEEN_METRICS = [("unseen_auroc[1-confidence]", False), ("unseen_auroc[entropy]", False),
+                  ("unseen_auroc[disagreement]", False), ("unseen_flagged", False)]  # fmt: skip
+TASK_TITLES = {
+    "A": "Task A: known types (the query holds only types the reference has)",
+    "B_largest": "Task B: unseen type, the largest type removed from the reference",
+    "B_small": "Task B: unseen type, a small type (at least 30 cells) removed from the reference",
+}
+
+
+def _cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def summary_table(frame: pd.DataFrame, metrics: list[tuple[str, bool]]) -> list[str]:
+    present = [m for m, _ in metrics if m in frame]
+    lines = ["| method | seeds | " + " | ".join(present) + " |",
+             "|---|---|" + "---|" * len(present)]  # fmt: skip
+    for method, group in frame.groupby("method", sort=False):
+        cells = [_cell(group[m]) for m in present]
+        lines.append(f"| {method} | {group['seed'].nunique()} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def time_table(frame: pd.DataFrame) -> list[str]:
+    """Training and prediction time of each SCANVI route against SCANVI's, paired by seed."""
+    routes = frame[frame["method"].str.contains("SCANVI") & ~frame["method"].str.contains("draws")]
+    if REFERENCE not in set(routes["method"]):
+        return []
+    total = routes["reference_s"] + routes["scanvi_s"]
+    routes = routes.assign(train_s=total)
+    base = routes[routes["method"] == REFERENCE].set_index("seed")
+    lines = ["| method | reference + SCANVI training (s) | x SCANVI | query mapping (s) | "
+             "x SCANVI | prediction (s) | x SCANVI |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, group in routes.groupby("method", sort=False):
+        group = group.set_index("seed")
+        seeds = group.index.intersection(base.index)
+        ratio = {c: (group.loc[seeds, c] / base.loc[seeds, c]).mean()
+                 for c in ("train_s", "scanvi_query_s", "predict_s")}  # fmt: skip
+        lines.append(f"| {method} | {group['train_s'].mean():.0f} | {ratio['train_s']:.2f} | "
+                     f"{group['scanvi_query_s'].mean():.0f} | {ratio['scanvi_query_s']:.2f} | "
+                     f"{group['predict_s'].mean():.2f} | {ratio['predict_s']:.2f} |")  # fmt: skip
+    return lines
+
+
+def paired_tests(frame: pd.DataFrame, metrics: list[tuple[str, bool]]) -> pd.DataFrame:
+    """Each method against SCANVI, seed by seed: mean difference, seeds better, paired t-test's
+    p, and Holm's adjustment over every test of the table."""
+    records = []
+    base = frame[frame["method"] == REFERENCE].set_index("seed")
+    for method, group in frame.groupby("method", sort=False):
+        if method == REFERENCE:
+            continue
+        group = group.set_index("seed")
+        seeds = group.index.intersection(base.index)
+        for metric, lower_better in metrics:
+            if metric not in group or metric not in base:
+                continue
+            own, other = group.loc[seeds, metric].astype(float), base.loc[seeds, metric]
+            keep = np.isfinite(own) & np.isfinite(other.astype(float))
+            if keep.sum() < 2:
+                continue
+            own, other = own[keep].to_numpy(), other[keep].astype(float).to_numpy()
+            better = own < other if lower_better else own > other
+            diff = own - other
+            p = float(ttest_rel(own, other).pvalue) if np.ptp(diff) > 0 else float("nan")
+            records.append({"method": method, "metric": metric, "n_seeds": len(own),
+                            "minus_scanvi": float(diff.mean()),
+                            "better": f"{int(better.sum())}/{len(own)}", "p": p})  # fmt: skip
+    tests = pd.DataFrame.from_records(records)
+    if not tests.empty:
+        finite = tests["p"].notna()
+        tests["p_holm"] = np.nan
+        tests.loc[finite, "p_holm"] = holm(tests.loc[finite, "p"].to_numpy())
+    return tests
+
+
+def test_lines(tests: pd.DataFrame) -> list[str]:
+    if tests.empty:
+        return ["(fewer than two seeds paired with SCANVI: no tests yet)"]
+    lines = ["| method | metric | seeds | minus SCANVI | better | p | p (Holm) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in tests.itertuples():
+        lines.append(f"| {r.method} | {r.metric} | {r.n_seeds} | {r.minus_scanvi:+.3f} | "
+                     f"{r.better} | {r.p:.3g} | {r.p_holm:.3g} |")  # fmt: skip
+    return lines
+
+
+def reliability_plot(frame: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy against confidence on the query's known types, pooled over seeds."""
+    methods = [m for m in frame["method"].unique() if "kNN" not in m or "SCVI + kNN" == m]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax[0].plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    for method in methods:
+        tables = [pd.DataFrame(t) for t in frame.loc[frame["method"] == method, "reliability"]]
+        pooled = pd.concat(tables)
+        pooled = pooled[pooled["n"] > 0]
+        pooled = pooled.assign(
+            c=pooled["confidence"] * pooled["n"], a=pooled["accuracy"] * pooled["n"]
+        )
+        by_bin = pooled.groupby("low")[["c", "a", "n"]].sum()
+        ax[0].plot(by_bin["c"] / by_bin["n"], by_bin["a"] / by_bin["n"], marker="o", ms=3,
+                   label=method)  # fmt: skip
+    ax[0].set(xlabel="confidence", ylabel="accuracy", title="reliability (query, known types)")
+    ax[0].legend(fontsize=7)
+    ece = frame.groupby("method", sort=False)["ece"].agg(["mean", "std"])
+    ax[1].barh(ece.index, ece["mean"], xerr=ece["std"].fillna(0), color="tab:blue")
+    ax[1].set(xlabel="expected calibration error (15 bins)", title="ECE, mean ± sd over seeds")
+    ax[1].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_dataset_report(dataset: str, rows: list[dict], out: Path, command: str) -> dict:
+    """Write ``label_transfer_<dataset>.md`` (and the task A ``.png``); return the tests."""
+    frame = pd.DataFrame.from_records(rows)
+    lines = [f"# Label transfer on {dataset}", "", f"Command: `{command}`", "",
+             "Every number: query cells (a simulated technical batch) mapped onto a reference "
+             "with scArches; mean ± sd over seeds. Calibration and error detection on the "
+             "query's known types. Uncertainty for the AUROCs and the unknown flag: 1 − the "
+             "predicted label's probability, unless named. The unknown threshold is chosen on "
+             "held-out reference cells for a 5 % error rate. See benchmarks/label_transfer.py.",
+             ""]  # fmt: skip
+    payload = {"dataset": dataset, "command": command, "tasks": {}}
+    for task, group in frame.groupby("task", sort=False):
+        metrics = KNOWN_METRICS + (UNSEEN_METRICS if task != "A" else [])
+        unseen = ", ".join(sorted({str(u) for u in group["unseen"].dropna()}))
+        lines += [f"## {TASK_TITLES.get(task, task)}", ""]
+        if unseen:
+            lines += [f"Unseen type: {unseen}.", ""]
+        lines += [*summary_table(group, metrics), ""]
+        lines += ["Time (2 CPU cores unless the machine says otherwise):", ""]
+        lines += [*time_table(group), ""]
+        tests = paired_tests(group, metrics)
+        lines += ["Paired by seed against SCANVI (two-sided paired t-test, Holm over this "
+                  "table):", "", *test_lines(tests), ""]  # fmt: skip
+        payload["tasks"][task] = {"tests": tests.to_dict("records")}
+        if task == "A":
+            reliability_plot(group, out / f"label_transfer_{dataset}.png",
+                             f"{dataset}: task A")  # fmt: skip
+    with atomic_path(out / f"label_transfer_{dataset}.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return payload
