@@ -189,3 +189,58 @@ def nll_vs_components(
     ax.set_ylabel("test NLL (nats)")
     ax.legend(fontsize=8)
     return _finish(ax, show, save)
+
+
+def label_transfer(
+    adata: AnnData,
+    key: str = "label_transfer",
+    basis: str = "umap",
+    ax: Sequence[Axes] | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+) -> Sequence[Axes]:
+    """What :func:`scmixvae.tl.label_transfer` wrote: a reliability diagram and the uncertainty.
+
+    Left, accuracy against confidence of the reference's held-out validation cells (15 equal
+    confidence bins; the diagonal is perfect calibration; dot size: cells in the bin). Right,
+    the query's uncertainty on ``obsm[f"X_{basis}"]``, with the cells flagged unknown ringed.
+
+    Parameters
+    ----------
+    adata
+        The query after :func:`scmixvae.tl.label_transfer`.
+    key
+        Its ``key_added``.
+    basis
+        Embedding in ``adata.obsm`` to draw on (run ``sc.tl.umap`` first for ``"umap"``).
+    ax, show, save
+        Two axes to draw into; see the module docstring.
+    """
+    if key not in adata.uns or f"{key}_uncertainty" not in adata.obs:
+        raise KeyError(f"no label transfer under {key!r}: run scmixvae.tl.label_transfer first.")
+    if f"X_{basis}" not in adata.obsm:
+        raise KeyError(
+            f"adata.obsm has no 'X_{basis}': compute it first (sc.pp.neighbors(adata, "
+            f"use_rep='X_{key}'); sc.tl.umap(adata))."
+        )
+    if ax is None:
+        _, ax = plt.subplots(1, 2, figsize=(9, 4))
+    table = pd.DataFrame(dict(adata.uns[key]["reliability"]))
+    table = table[table["n"] > 0]
+    ax[0].plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax[0].plot(table["confidence"], table["accuracy"], c="tab:blue")
+    ax[0].scatter(
+        table["confidence"], table["accuracy"], s=10 + 200 * table["n"] / table["n"].max()
+    )
+    ax[0].set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy")
+    ax[0].set_title(f"held-out reference cells (n = {int(table['n'].sum())})", fontsize=9)
+    xy = adata.obsm[f"X_{basis}"][:, :2]
+    points = ax[1].scatter(xy[:, 0], xy[:, 1], c=adata.obs[f"{key}_uncertainty"], s=4,
+                           cmap="viridis")  # fmt: skip
+    unknown = adata.obs[f"{key}_unknown"].to_numpy(dtype=bool)
+    ax[1].scatter(xy[unknown, 0], xy[unknown, 1], s=12, facecolors="none", edgecolors="red",
+                  linewidths=0.4, label=f"unknown ({unknown.sum()})")  # fmt: skip
+    ax[1].figure.colorbar(points, ax=ax[1], label="uncertainty (1 − confidence)")
+    ax[1].set(xticks=[], yticks=[], xlabel=f"{basis}1", ylabel=f"{basis}2")
+    ax[1].legend(fontsize=8, loc="best")
+    return _finish(ax, show, save)

@@ -143,3 +143,73 @@ def copy_outputs(source: AnnData, target: AnnData, key_added: str = "X_mixscvi")
 
 def _h5_safe(value: Any) -> bool:
     return value is not None and isinstance(value, str | int | float | bool | list)
+
+
+def label_transfer(
+    reference_model,
+    query: AnnData,
+    key_added: str = "label_transfer",
+    error_rate: float = 0.05,
+    max_epochs: int = 100,
+    n_neighbors: int = 50,
+    use_posterior_mean: bool = True,
+    n_samples: int = 10,
+    train_kwargs: dict[str, Any] | None = None,
+):
+    """Label ``query`` from a trained reference, with an uncertainty and an "unknown" flag.
+
+    The scArches workflow in one call: the query is mapped onto the reference
+    (``load_query_data``, then ``max_epochs`` epochs on the query with weight decay 0, as in
+    scvi-tools' tutorial), then labelled:
+
+    * with a :class:`~scmixvae.MixSCANVI` reference, by the mixture predictive (the classifier
+      averaged over the components);
+    * with a :class:`~scmixvae.MixSCVI` reference (set up with ``labels_key``), by a
+      kernel-weighted vote of the ``n_neighbors`` nearest reference cells on the latent (the
+      scArches / Human Lung Cell Atlas recipe).
+
+    Parameters
+    ----------
+    reference_model
+        A trained MixSCANVI or MixSCVI, holding its reference AnnData and trained with a
+        validation split (its labelled validation cells choose the threshold).
+    query
+        Cells x the reference's genes (same names, same order), raw counts where the reference
+        reads them, and the reference's batch column (a new category for a new batch).
+    key_added
+        Prefix of every key written.
+    error_rate
+        The "unknown" threshold is the largest uncertainty at which the reference's held-out
+        validation cells are wrong at most this often (default 5 %).
+    max_epochs
+        Epochs of training on the query.
+    n_neighbors
+        Neighbours of the kNN vote (MixSCVI route).
+    use_posterior_mean, n_samples
+        How each component votes (MixSCANVI route): at its mean, or averaged over
+        ``n_samples`` draws; see :meth:`MixSCANVI.predict`.
+    train_kwargs
+        Extra arguments of the query model's ``train``.
+
+    Returns
+    -------
+    The query model. Written into ``query`` (only after everything succeeded):
+
+    * ``.obs[f"{key_added}_label"]``: predicted label (categorical);
+    * ``.obs[f"{key_added}_confidence"]``: its probability, and ``_uncertainty`` = 1 − it;
+    * ``.obs[f"{key_added}_entropy"]`` and ``_disagreement`` (MixSCANVI: the predictive
+      entropy and the components' share of it, :func:`scmixvae.uncertainty.
+      predictive_uncertainty`), or ``_posterior_uncertainty`` (MixSCVI: the trace of the
+      mixture's covariance);
+    * ``.obs[f"{key_added}_unknown"]``: ``True`` where the uncertainty is above the threshold;
+    * ``.obsm[f"X_{key_added}"]``: the query's latent; ``.obsm[f"{key_added}_probabilities"]``;
+    * ``.uns[key_added]``: the route, the label names, the threshold, the calibration cells'
+      accuracy and reliability table (for :func:`scmixvae.pl.label_transfer`).
+    """
+    from .singlecell.label_transfer import label_transfer as run
+
+    return run(
+        reference_model, query, key_added=key_added, error_rate=error_rate,
+        max_epochs=max_epochs, n_neighbors=n_neighbors, use_posterior_mean=use_posterior_mean,
+        n_samples=n_samples, train_kwargs=train_kwargs,
+    )  # fmt: skip

@@ -103,3 +103,98 @@ def test_single_component_predictions_are_scanvi_predictions(pbmc):
     assert list(got.columns) == list(expected.columns)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(mix.predict(), ref.predict())
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"shared_encoder": True, "n_sampled_components": 2, "n_components": 4}]
+)
+def test_from_scvi_model_carries_every_weight_and_setting(pbmc, options):
+    adata = pbmc[:300].copy()
+    MixSCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    source = MixSCVI(adata, **{"n_components": 3, **options})
+    source.train(max_epochs=1, enable_progress_bar=False)
+    model = MixSCANVI.from_scvi_model(source, UNLABELED, labels_key="label")
+    assert model.n_components == source.n_components
+    assert type(model.module.z_encoder) is type(source.module.z_encoder)
+    assert model.module.n_sampled_components == source.module.n_sampled_components
+    target = model.module.state_dict()
+    for key, value in source.module.state_dict().items():
+        assert torch.equal(target[key], value), key
+    tensors = next(iter(source._make_data_loader(adata, batch_size=64)))
+    x, batch = tensors["X"], tensors["batch"]
+    source.module.eval()
+    model.module.eval()
+    with torch.inference_mode():
+        expected = source.module._encode(x, batch)[0].component_loc
+        torch.testing.assert_close(model.module._encode(x, batch)[0].component_loc, expected)
+
+
+def test_scanvi_refuses_a_mixscvi_and_names_the_way(mixscvi):
+    with pytest.raises(TypeError, match=r"MixSCANVI\.from_scvi_model"):
+        scvi.model.SCANVI.from_scvi_model(mixscvi, UNLABELED, labels_key="label")
+
+
+def test_bad_references_and_labels_get_one_line_errors(pbmc, mixscvi):
+    adata = pbmc[:200].copy()
+    scvi.model.SCVI.setup_anndata(adata, layer="counts")
+    plain = scvi.model.SCVI(adata)
+    with pytest.raises(TypeError, match="needs a trained scmixvae.MixSCVI"):
+        MixSCANVI.from_scvi_model(plain, UNLABELED, labels_key="label")
+    MixSCVI.setup_anndata(adata, layer="counts")
+    with pytest.raises(RuntimeError, match="hasn't been trained"):
+        MixSCANVI.from_scvi_model(MixSCVI(adata, n_components=2), UNLABELED, labels_key="label")
+    with pytest.raises(KeyError, match="'missing' is not in adata.obs"):
+        MixSCANVI.from_scvi_model(mixscvi, UNLABELED, labels_key="missing")
+    only_unlabeled = mixscvi.adata.copy()
+    only_unlabeled.obs["none"] = UNLABELED
+    with pytest.raises(ValueError, match="only the unlabeled category"):
+        MixSCANVI.from_scvi_model(mixscvi, UNLABELED, labels_key="none", adata=only_unlabeled)
+    with pytest.raises(ValueError, match="pass unlabeled_category='Unknown'"):
+        MixSCANVI.from_scvi_model(mixscvi, "unknown", labels_key="label")
+
+
+def test_predictions_are_the_mixture_predictive_with_its_uncertainty(trained):
+    components = trained.get_component_label_probabilities()
+    assert components.shape == (3, trained.adata.n_obs, trained.n_labels)
+    np.testing.assert_allclose(components.sum(-1), 1.0, rtol=1e-5)
+    probs, uncertainty = trained.predict(soft=True, return_uncertainty=True)
+    np.testing.assert_allclose(probs.to_numpy(), components.mean(0), rtol=1e-5, atol=1e-7)
+    assert list(probs.index) == list(trained.adata.obs_names)
+    assert UNLABELED not in probs.columns
+    np.testing.assert_allclose(uncertainty["confidence"], probs.max(1), rtol=1e-5)
+    total = uncertainty["disagreement"] + uncertainty["expected_entropy"]
+    np.testing.assert_allclose(uncertainty["entropy"], total, atol=1e-6)
+    assert (uncertainty["disagreement"] > 0).mean() > 0.5  # the components do differ
+    hard = trained.predict()
+    np.testing.assert_array_equal(hard, probs.columns.to_numpy()[probs.to_numpy().argmax(1)])
+    torch.manual_seed(0)
+    drawn = trained.predict(soft=True, use_posterior_mean=False, n_samples=4)
+    assert not np.allclose(drawn.to_numpy(), probs.to_numpy())
+    labelled = trained.adata.obs["label"].astype(str) != UNLABELED
+    accuracy = (hard[labelled] == trained.adata.obs["label"].astype(str)[labelled]).mean()
+    assert accuracy > 0.5  # trained, not a stub: 4 sorted populations after 6 epochs
+
+
+def test_save_load_round_trip_keeps_predictions(trained, tmp_path):
+    trained.save(tmp_path / "model")
+    loaded = MixSCANVI.load(tmp_path / "model", adata=trained.adata)
+    np.testing.assert_allclose(
+        loaded.predict(soft=True).to_numpy(), trained.predict(soft=True).to_numpy(), rtol=1e-6
+    )
+    wrong = trained.adata[:, ::-1].copy()
+    with pytest.raises(GeneMismatchError):
+        MixSCANVI.load(tmp_path / "model", adata=wrong)
+
+
+def test_marginal_ll_uses_scanvis_hierarchical_prior(trained):
+    module = trained.module
+    z = torch.randn(3, 64, module.n_latent)
+    with torch.inference_mode():
+        log_prior = module.latent_log_prior(z)
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    assert log_prior.shape == (3, 64) and torch.isfinite(log_prior).all()
+    assert not torch.allclose(log_prior, standard)
+    ll = trained.get_marginal_ll(n_mc_samples=30, return_mean=False)
+    assert np.isfinite(np.asarray(ll)).all() and len(ll) == trained.adata.n_obs
+    # importance sampling with the hierarchical prior: above the bound, as log p(x) must be
+    assert np.mean(np.asarray(ll)) > trained.get_elbo() - 1.0

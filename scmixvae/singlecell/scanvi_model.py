@@ -203,7 +203,9 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
                 f"MixSCANVI.from_scvi_model needs a trained scmixvae.MixSCVI, got "
                 f"{type(scvi_model).__name__}; for scvi-tools' SCVI use scvi.model.SCANVI."
             )
-        scvi_model._check_if_trained(warn=False)  # before anything reads its data
+        scvi_model._check_if_trained(  # before anything reads its data
+            warn=False, message="the MixSCVI given hasn't been trained yet: train it first."
+        )
         data = adata if adata is not None else scvi_model.adata
         key = labels_key or scvi_model.registry["setup_args"].get("labels_key")
         if data is not None:
