@@ -155,6 +155,7 @@ def label_transfer(
     use_posterior_mean: bool = True,
     n_samples: int = 10,
     train_kwargs: dict[str, Any] | None = None,
+    unlabeled_category: str | None = None,
 ):
     """Label ``query`` from a trained reference, with an uncertainty and an "unknown" flag.
 
@@ -190,6 +191,9 @@ def label_transfer(
         ``n_samples`` draws; see :meth:`MixSCANVI.predict`.
     train_kwargs
         Extra arguments of the query model's ``train``.
+    unlabeled_category
+        MixSCVI route: reference cells with this label take no part in the vote (a MixSCANVI
+        reference knows its own).
 
     Returns
     -------
@@ -211,5 +215,5 @@ def label_transfer(
     return run(
         reference_model, query, key_added=key_added, error_rate=error_rate,
         max_epochs=max_epochs, n_neighbors=n_neighbors, use_posterior_mean=use_posterior_mean,
-        n_samples=n_samples, train_kwargs=train_kwargs,
+        n_samples=n_samples, train_kwargs=train_kwargs, unlabeled_category=unlabeled_category,
     )  # fmt: skip

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,12 +136,12 @@ def test_bad_references_and_labels_get_one_line_errors(pbmc, mixscvi):
     adata = pbmc[:200].copy()
     scvi.model.SCVI.setup_anndata(adata, layer="counts")
     plain = scvi.model.SCVI(adata)
-    with pytest.raises(TypeError, match="needs a trained scmixvae.MixSCVI"):
+    with pytest.raises(TypeError, match=r"needs a trained scmixvae\.MixSCVI"):
         MixSCANVI.from_scvi_model(plain, UNLABELED, labels_key="label")
     MixSCVI.setup_anndata(adata, layer="counts")
     with pytest.raises(RuntimeError, match="hasn't been trained"):
         MixSCANVI.from_scvi_model(MixSCVI(adata, n_components=2), UNLABELED, labels_key="label")
-    with pytest.raises(KeyError, match="'missing' is not in adata.obs"):
+    with pytest.raises(KeyError, match=r"'missing' is not in adata\.obs"):
         MixSCANVI.from_scvi_model(mixscvi, UNLABELED, labels_key="missing")
     only_unlabeled = mixscvi.adata.copy()
     only_unlabeled.obs["none"] = UNLABELED
@@ -198,3 +196,73 @@ def test_marginal_ll_uses_scanvis_hierarchical_prior(trained):
     assert np.isfinite(np.asarray(ll)).all() and len(ll) == trained.adata.n_obs
     # importance sampling with the hierarchical prior: above the bound, as log p(x) must be
     assert np.mean(np.asarray(ll)) > trained.get_elbo() - 1.0
+
+
+@pytest.fixture(scope="module")
+def query(pbmc, data_dir):
+    """300 other sorted PBMCs on the reference's genes, in a new batch."""
+    full = load_counts("sorted_pbmc", data_dir=data_dir)
+    others = full.obs_names.difference(pbmc.obs_names)
+    rng = np.random.default_rng(2)
+    adata = full[np.sort(rng.choice(others, 300, replace=False)), pbmc.var_names].copy()
+    adata.obs["batch"] = pd.Categorical(["query"] * adata.n_obs)
+    return adata
+
+
+@pytest.mark.parametrize("route", ["mixscanvi", "mixscvi"])
+def test_label_transfer_writes_labels_uncertainty_and_a_measured_unknown_flag(
+    route, trained, mixscvi, query, tmp_path
+):
+    import scmixvae
+
+    reference = trained if route == "mixscanvi" else mixscvi
+    if route == "mixscvi":  # the kNN route reads the reference's labels
+        with pytest.raises(ValueError, match="set up without labels_key"):
+            scmixvae.tl.label_transfer(mixscvi, query.copy())
+        adata = mixscvi.adata.copy()
+        MixSCVI.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="label")
+        reference = MixSCVI(adata, n_components=3)
+        reference.module.load_state_dict(mixscvi.module.state_dict())
+        reference.train(max_epochs=1, enable_progress_bar=False)
+    adata = query.copy()
+    model = scmixvae.tl.label_transfer(
+        reference, adata, max_epochs=2, key_added="lt", unlabeled_category=UNLABELED
+    )
+    obs = adata.obs
+    for column in ("lt_label", "lt_confidence", "lt_uncertainty", "lt_unknown"):
+        assert column in obs
+    extra = "lt_disagreement" if route == "mixscanvi" else "lt_posterior_uncertainty"
+    assert extra in obs and np.isfinite(obs[extra]).all()
+    assert adata.obsm["X_lt"].shape == (adata.n_obs, 10)
+    np.testing.assert_allclose(obs["lt_confidence"] + obs["lt_uncertainty"], 1.0)
+    info = adata.uns["lt"]
+    assert info["route"] == ("classifier" if route == "mixscanvi" else "knn")
+    np.testing.assert_array_equal(obs["lt_unknown"], obs["lt_uncertainty"] > info["threshold"])
+    assert set(obs["lt_label"].cat.categories) <= set(info["labels"])
+    assert UNLABELED not in info["labels"]
+    # the labels are mostly right: four sorted populations, and a real mapping
+    assert (obs["lt_label"].astype(str) == obs["cell_type"].astype(str)).mean() > 0.4
+    assert type(model) is type(reference)
+    scmixvae.pl.label_transfer(adata, key="lt", basis="lt", save=tmp_path / "lt.png")
+    assert (tmp_path / "lt.png").stat().st_size > 10_000
+
+
+def test_label_transfer_refuses_other_genes_and_writes_nothing(trained, query):
+    import scmixvae
+
+    adata = query[:, ::-1].copy()
+    with pytest.raises(GeneMismatchError, match="do not match the reference model's genes"):
+        scmixvae.tl.label_transfer(trained, adata, max_epochs=1)
+    assert not any(c.startswith("label_transfer") for c in adata.obs)
+    untrained = MixSCANVI.from_scvi_model(trained_mixscvi_copy(trained), UNLABELED)
+    with pytest.raises(RuntimeError, match="untrained"):
+        scmixvae.tl.label_transfer(untrained, query.copy(), max_epochs=1)
+
+
+def trained_mixscvi_copy(model: MixSCANVI) -> MixSCVI:
+    """A trained MixSCVI on ``model``'s AnnData (for building an untrained MixSCANVI)."""
+    adata = model.adata.copy()
+    MixSCVI.setup_anndata(adata, layer="counts", batch_key="batch", labels_key="label")
+    source = MixSCVI(adata, n_components=2)
+    source.is_trained_ = True
+    return source

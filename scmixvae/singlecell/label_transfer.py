@@ -29,11 +29,10 @@ from .safety import check_same_genes
 from .scanvi_model import MixSCANVI
 
 
-def _labelled_validation(reference) -> tuple[np.ndarray, np.ndarray]:
+def _labelled_validation(reference, unlabeled: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and label names of the reference's labelled validation cells."""
     setup = reference.adata_manager.registry["setup_args"]
     labels = reference.adata.obs[setup["labels_key"]].astype(str).to_numpy()
-    unlabeled = setup.get("unlabeled_category")
     indices = np.asarray(reference.validation_indices_ if reference.validation_indices_ is not None
                          else [], dtype=int)  # fmt: skip
     indices = indices[labels[indices] != str(unlabeled)] if len(indices) else indices
@@ -79,24 +78,27 @@ def _query_copy(reference, query: AnnData) -> AnnData:
     return mapped
 
 
-def _knn_route(reference: MixSCVI, query_model: MixSCVI, mapped: AnnData, k: int):
+def _knn_route(reference: MixSCVI, query_model, mapped: AnnData, k: int, unlabeled):
     setup = reference.adata_manager.registry["setup_args"]
     labels = reference.adata.obs[setup["labels_key"]].astype(str).to_numpy()
-    names = np.array(sorted(set(labels)))
-    codes = np.searchsorted(names, labels)
-    val, _ = _labelled_validation(reference)
-    train = np.setdiff1d(np.arange(reference.adata.n_obs), val)
+    labelled = labels != str(unlabeled)
+    names = np.array(sorted(set(labels[labelled])))
+    codes = np.searchsorted(names, labels)  # names is sorted; unlabeled cells never vote
+    val, _ = _labelled_validation(reference, unlabeled)
+    voters = np.setdiff1d(np.flatnonzero(labelled), val)
     latent = reference.get_latent_representation()
-    held = knn_label_probabilities(latent[train], codes[train], latent[val], len(names), k=k)
+    held = knn_label_probabilities(latent[voters], codes[voters], latent[val], len(names), k=k)
+    voters = np.flatnonzero(labelled)
     query = knn_label_probabilities(
-        latent, codes, query_model.get_latent_representation(mapped), len(names), k=k
-    )
+        latent[voters], codes[voters], query_model.get_latent_representation(mapped),
+        len(names), k=k,
+    )  # fmt: skip
     extra = {"posterior_uncertainty": query_model.get_posterior_uncertainty(mapped)}
     return names, held, codes[val], query, extra
 
 
 def _classifier_route(reference: MixSCANVI, query_model: MixSCANVI, mapped, mean, n_samples):
-    val, val_labels = _labelled_validation(reference)
+    val, val_labels = _labelled_validation(reference, reference.unlabeled_category_)
     options = {"use_posterior_mean": mean, "n_samples": n_samples}
     names = np.asarray(reference._label_mapping[: reference.n_labels]).astype(str)
     held = reference.get_component_label_probabilities(indices=val, **options).mean(0)
@@ -118,6 +120,7 @@ def label_transfer(
     use_posterior_mean: bool = True,
     n_samples: int = 10,
     train_kwargs: dict[str, Any] | None = None,
+    unlabeled_category: str | None = None,
 ):
     """Map ``query`` onto ``reference_model``, label it, and write the results into ``query``.
 
@@ -137,7 +140,7 @@ def label_transfer(
         )
     else:
         names, held, held_codes, probs, extra = _knn_route(
-            reference_model, query_model, mapped, n_neighbors
+            reference_model, query_model, mapped, n_neighbors, unlabeled_category
         )
     threshold = unknown_threshold(1 - held.max(1), held.argmax(1) == held_codes, error_rate)
     uncertainty = 1 - probs.max(1)
