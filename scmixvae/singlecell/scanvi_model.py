@@ -151,8 +151,13 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
         case or spaces (``"unknown"`` for ``"Unknown"``): those cells would silently become a
         cell type.
         """
-        if adata is not None:
+        # scArches' load_query_data lets a query lack the labels column (all unlabeled)
+        missing_allowed = kwargs.get("allow_missing_labels", False) and labels_key not in (
+            adata.obs if adata is not None else {}
+        )
+        if adata is not None and not missing_allowed:
             check_labels_column(adata, labels_key, unlabeled_category, require_labelled=False)
+        if adata is not None:
             for key in [batch_key, size_factor_key, *(categorical_covariate_keys or [])]:
                 if key is not None and key not in adata.obs:
                     raise KeyError(f"{key!r} is not a column of adata.obs.")
