@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
-import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module import VAE
@@ -19,100 +18,30 @@ from scmixvae.mixture import (
     DEFAULT_OBJECTIVE,
     DrawTerms,
     MixtureNormal,
-    NLLEstimator,
     Objective,
-    accumulate_log_weights,
     bound,
     jsd,
     kl_term,
-    log_likelihood_from_sums,
-    log_weights,
     sample_components,
-    validate_objective,
 )
 
 from .encoders import build_mixture_encoder, check_encoder_kwargs
+from .module_evaluation import MixtureEvaluationMixin
+from .module_options import (  # noqa: F401  re-exported: the model classes import them here
+    MAX_DECODED_DRAWS,
+    MAX_ELEMENTS_PER_PASS,
+    MAX_SEPARATE_COMPONENTS,
+    MAX_SHARED_COMPONENTS,
+    _cell_chunks,
+    mixture_from_flat,
+    validate_mixture_options,
+)
 
 COMPONENT_KEY = "component"
 UNTRANSFORMED_Z_KEY = "untran_z"
-# separate encoders cost S networks per step; the shared trunk costs one
-MAX_SEPARATE_COMPONENTS = 128
-MAX_SHARED_COMPONENTS = 1024
-# decoder passes per cell per training step (n_particles x drawn components): beyond this a
-# step's decoded likelihoods (draws x batch x genes) stop fitting in memory at usual sizes
-MAX_DECODED_DRAWS = 128
-# bound on decoded values (draws x cells x genes) per importance-sampling pass: ~10 float32
-# tensors of this size are alive at once, so 2e7 keeps a pass under 1 GB
-MAX_ELEMENTS_PER_PASS = 20_000_000
 
 
-def validate_mixture_options(
-    n_components: int,
-    objective: str,
-    shared_encoder: bool,
-    n_sampled_components: int | None,
-    n_particles: int,
-    gene_likelihood: str | None = None,
-) -> None:
-    """Raise a clear error for options MixVAE cannot run with (before anything is built)."""
-    validate_objective(objective)
-    if gene_likelihood == "normal":
-        raise ValueError(
-            "gene_likelihood='normal' is not supported: MixSCVI's bounds and likelihoods are "
-            "for counts; use 'zinb', 'nb' or 'poisson' on raw counts."
-        )
-    if not isinstance(n_components, int | np.integer) or n_components < 1:
-        raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}.")
-    cap = MAX_SHARED_COMPONENTS if shared_encoder else MAX_SEPARATE_COMPONENTS
-    if n_components > cap:
-        hint = "" if shared_encoder else " Use shared_encoder=True for larger mixtures."
-        raise ValueError(
-            f"n_components={n_components} is beyond the supported {cap} for "
-            f"{'a shared' if shared_encoder else 'separate'} encoder(s).{hint}"
-        )
-    if n_sampled_components is not None and (
-        not isinstance(n_sampled_components, int | np.integer)
-        or not 1 <= n_sampled_components <= n_components
-    ):
-        raise ValueError(
-            f"n_sampled_components must be None (all) or an integer in [1, {n_components}], "
-            f"got {n_sampled_components!r}."
-        )
-    if n_particles < 1:
-        raise ValueError(f"n_particles must be >= 1, got {n_particles}.")
-    decoded = n_particles * (n_sampled_components or n_components)
-    if decoded > MAX_DECODED_DRAWS:
-        raise ValueError(
-            f"each training step would decode {decoded} draws per cell (n_particles x "
-            f"{'n_sampled_components' if n_sampled_components else 'n_components'}), beyond "
-            f"the supported {MAX_DECODED_DRAWS}: set n_sampled_components (e.g. 1 to 5) to "
-            "draw from a few components per step."
-        )
-
-
-def mixture_from_flat(loc: torch.Tensor, var: torch.Tensor, n_components: int) -> MixtureNormal:
-    """The mixture from component-major flat parameters ``[B, S * D]`` (means, variances)."""
-    n_obs, width = loc.shape
-    if width % n_components:
-        raise ValueError(
-            f"stored posterior has {width} columns, not a multiple of n_components="
-            f"{n_components}: it was not written by this model's minify_adata."
-        )
-    shape = (n_obs, n_components, width // n_components)
-    return MixtureNormal(cell_loc=loc.reshape(shape), cell_scale=var.reshape(shape).sqrt())
-
-
-def _cell_chunks(tensors: dict[str, torch.Tensor], n_chunk: int) -> Iterator[dict]:
-    """The minibatch in consecutive pieces of at most ``n_chunk`` cells."""
-    n_cells = tensors[REGISTRY_KEYS.X_KEY].shape[0]
-    for start in range(0, n_cells, n_chunk):
-        yield {
-            k: v[start : start + n_chunk] if isinstance(v, torch.Tensor) and v.dim() else v
-            for k, v in tensors.items()
-        }
-
-
-class MixVAE(VAE):
+class MixVAE(MixtureEvaluationMixin, VAE):
     r"""scVI with a uniform mixture of ``S`` encoders for :math:`q(z \mid x)`.
 
     The generative model, decoder, likelihoods, library-size handling and covariates are
@@ -551,91 +480,3 @@ class MixVAE(VAE):
     def _library_prior(self, batch_index: torch.Tensor) -> Normal:
         means, variances = self._compute_local_library_params(batch_index)
         return Normal(means, variances.sqrt())
-
-    # evaluation ------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def log_importance_weights(self, tensors: dict[str, torch.Tensor], n_per_component: int):
-        """Log-weights ``log p(x, z, l) - log q_mix(z | x) q(l | x)``, ``[K, S, B]``.
-
-        Draws are stratified over all ``S`` components, ``n_per_component`` from each; the
-        mixture is the proposal.
-        """
-        inference_outputs, generative_outputs = self.forward(
-            tensors,
-            inference_kwargs={
-                "n_samples": n_per_component,
-                "stratified": True,
-                "n_sampled_components": None,
-            },
-            compute_loss=False,
-        )
-        device = inference_outputs[MODULE_KEYS.Z_KEY].device
-        tensors = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                   for k, v in tensors.items()}  # fmt: skip
-        terms = self.draw_terms(
-            tensors, inference_outputs, generative_outputs, include_library=True
-        )
-        return log_weights(terms)
-
-    @torch.inference_mode()
-    def log_weight_sums(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_per_component: int,
-        n_per_pass: int | None = None,
-    ) -> torch.Tensor:
-        """Per component, the log-sum of ``n_per_component`` importance weights, ``[S, B]``.
-
-        The work is split into passes of at most ``MAX_ELEMENTS_PER_PASS`` decoded values
-        (draws x cells x genes): ``n_per_pass`` draws per component at a time (default: as many
-        as fit), and fewer cells at a time when even one draw per component does not fit.
-        """
-        n_genes = tensors[REGISTRY_KEYS.X_KEY].shape[1]
-        cells_per_pass = max(1, MAX_ELEMENTS_PER_PASS // (self.n_components * n_genes))
-        sums = []
-        for chunk in _cell_chunks(tensors, cells_per_pass):
-            n_chunk = chunk[REGISTRY_KEYS.X_KEY].shape[0]
-            per_pass = n_per_pass or max(
-                1, MAX_ELEMENTS_PER_PASS // (self.n_components * n_chunk * n_genes)
-            )
-            sums.append(
-                accumulate_log_weights(
-                    lambda k, chunk=chunk: self.log_importance_weights(chunk, k),
-                    n_per_component,
-                    chunk_size=per_pass,
-                )
-            )
-        return torch.cat(sums, dim=1)
-
-    @torch.inference_mode()
-    def marginal_ll(
-        self,
-        tensors: dict[str, torch.Tensor],
-        n_mc_samples: int,
-        return_mean: bool = False,
-        n_mc_samples_per_pass: int | None = None,
-        estimator: NLLEstimator = "mixture",
-    ) -> torch.Tensor | float:
-        """Importance-sampled :math:`\\log p(x)` with the mixture as proposal.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch.
-        n_mc_samples
-            Total number of importance samples per cell, split evenly over the ``S``
-            components (at least one each).
-        return_mean
-            Return the mean over cells as a float.
-        n_mc_samples_per_pass
-            Samples per component drawn per forward pass (see :meth:`log_weight_sums`).
-        estimator
-            ``"mixture"`` (tight, default) or ``"per_component"`` (the method's reference code);
-            see :func:`~scmixvae.mixture.log_likelihood_from_sums`.
-        """
-        per_component = max(1, n_mc_samples // self.n_components)
-        sums = self.log_weight_sums(tensors, per_component, n_mc_samples_per_pass)
-        log_lik = log_likelihood_from_sums(sums, per_component, estimator)
-        if return_mean:
-            return log_lik.mean().item()
-        return log_lik.cpu()
