@@ -1,9 +1,12 @@
 """Execute the tutorials in full (not smoke) mode and store their outputs in place.
 
-The documentation renders the notebooks from these stored outputs and never retrains, so run this
-after changing a notebook: ``python scripts/execute_notebooks.py notebooks/03_label_transfer.ipynb``
-(needs ``SCMIXVAE_DATA_DIR``; minutes to an hour per notebook on 2 CPU cores). The file is
-replaced only once the whole notebook has run without an error.
+The documentation renders the notebooks from these stored outputs and never retrains, so run
+this after changing a notebook (it needs ``SCMIXVAE_DATA_DIR``; minutes to an hour per notebook
+on 2 CPU cores)::
+
+    python scripts/execute_notebooks.py notebooks/03_label_transfer.ipynb
+
+The file is replaced only once the whole notebook has run without an error.
 """
 
 from __future__ import annotations
