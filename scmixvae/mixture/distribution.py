@@ -167,7 +167,10 @@ class MixtureNormal(Distribution):
     @property
     def loc(self) -> torch.Tensor:
         """Mixture mean, shape ``[B, D]``."""
-        return self.component_loc.mean(0)
+        # one memory layout for the sum over components, whichever way the components were
+        # built (encoder output or a minified AnnData's stored table), so equal parameters
+        # give a bit-identical mean; no copy when they are already component-major
+        return self.component_loc.contiguous().mean(0)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -176,8 +179,8 @@ class MixtureNormal(Distribution):
     @property
     def variance(self) -> torch.Tensor:
         """Marginal variance of each latent dimension, ``[B, D]`` (law of total variance)."""
-        within = self.component_scale.square().mean(0)
-        between = self.component_loc.var(0, unbiased=False)
+        within = self.component_scale.contiguous().square().mean(0)
+        between = self.component_loc.contiguous().var(0, unbiased=False)
         return within + between
 
     @property

@@ -461,7 +461,11 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         # of multi-process (DDP) training; the JSD stays available there via the model methods
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             extra_metrics["jsd"] = jsd(terms).detach().mean()
-        if self.extra_payload_autotune:  # what scvi-tools' autotune metrics read, as scVI gives
+        if extra_metrics or self.extra_payload_autotune:
+            # scvi-tools hands a non-empty extra_metrics to its scib-metrics autotune hook, which
+            # reads the latent payload whenever a Scib callback is attached; scVI sends an empty
+            # dict by default, so the JSD needs the payload beside it (references only: logged
+            # metrics are the 0-d ones, and the hook copies nothing without a Scib callback)
             extra_metrics.update({
                 "z": inference_outputs[MODULE_KEYS.QZ_KEY].loc,
                 "batch": tensors[REGISTRY_KEYS.BATCH_KEY],
