@@ -31,11 +31,11 @@ IMAGE_ARGS ?= --arch vanilla --dataset mnist --models S1 S5:shared:A1 S50:shared
 	S200:shared:A1 --epochs 100 --warmup-epochs 30 --total-samples 5000 --test-subset 2000 \
 	--stem image_vanilla_mnist_large_s --resume
 
-.PHONY: install demo test test-all lint bench
+.PHONY: install demo test test-all lint bench docs wheel
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[test,notebooks,bench]"
+	$(PYTHON) -m pip install -q -e ".[test,notebooks,bench,docs]"
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -43,6 +43,15 @@ lint:
 
 test: install lint
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest
+
+# the documentation, warnings as errors (notebooks render from their stored outputs)
+docs: install
+	rm -rf docs/_build docs/generated
+	$(PYTHON) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# sdist + wheel, installed into a fresh virtual environment and imported module by module
+wheel:
+	bash scripts/check_wheel.sh $(TORCH_SPEC)
 
 test-all: install
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest -m ""

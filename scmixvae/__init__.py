@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # heavy imports (scvi-tools, scanpy) happen on first use, so `import scmixvae.mixture` stays light
 _LAZY = {

@@ -35,6 +35,7 @@ def execute(path: Path, timeout: int) -> float:
     handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb")
     os.close(handle)
     nbformat.write(notebook, tmp)
+    os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp's file is private; keep the notebook's
     os.replace(tmp, path)
     return seconds
 

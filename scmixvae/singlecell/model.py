@@ -44,7 +44,7 @@ class MixSCVI(
     UnsupervisedTrainingMixin,
     BaseMinifiedModeModelClass,
 ):
-    """scVI with a mixture of ``S`` encoders trained by MISELBO :cite:p:`Kviman23`.
+    """scVI with a mixture of ``S`` encoders trained by MISELBO (Kviman et al., ICML 2023).
 
     A drop-in replacement for :class:`scvi.model.SCVI`: the same ``setup_anndata``, training
     options, likelihoods and downstream methods (normalised expression, differential
