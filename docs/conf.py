@@ -16,8 +16,9 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE / "_ext"))
 
-import scmixvae  # noqa: E402
 from offline_inventories import write_inventories  # noqa: E402
+
+import scmixvae  # noqa: E402
 
 GENERATED = HERE / "_generated"
 
@@ -28,15 +29,15 @@ def _copy_sources() -> None:
     (GENERATED / "tutorials").mkdir(parents=True)
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         shutil.copy2(notebook, GENERATED / "tutorials" / notebook.name)
-    shutil.copytree(ROOT / "benchmarks" / "results", GENERATED / "results",
-                    ignore=shutil.ignore_patterns(".progress", "*.json", "*.npz", "*.csv"))  # fmt: skip
+    skip = shutil.ignore_patterns(".progress", "*.json", "*.npz", "*.csv")
+    shutil.copytree(ROOT / "benchmarks" / "results", GENERATED / "results", ignore=skip)
 
 
 _copy_sources()
 
 project = "scmixvae"
 author = "scmixvae developers"
-copyright = "2026, scmixvae developers"  # noqa: A001
+copyright = "2026, scmixvae developers"
 release = version = scmixvae.__version__
 
 extensions = [

@@ -45,7 +45,7 @@ def test_readme_quick_start_runs(data_dir, monkeypatch):
     code = code.replace("sc.pl.umap(", "(lambda *a, **k: None)(")  # no figure in a test
     monkeypatch.setenv("SCMIXVAE_DATA_DIR", str(data_dir))
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "README.md", "exec"), namespace)
     adata = namespace["adata"]
     assert adata.obsm["X_mixscvi"].shape == (adata.n_obs, 10)
     assert "leiden" in adata.obs and "X_umap" in adata.obsm

@@ -20,8 +20,15 @@ PROJECTS = {
     "scvi-tools": (
         "https://docs.scvi-tools.org/en/stable/",
         "api/reference/{name}.html",
-        ["scvi.model", "scvi.module", "scvi.nn", "scvi.distributions", "scvi.train",
-         "scvi.dataloaders", "scvi.data"],  # fmt: skip
+        [
+            "scvi.model",
+            "scvi.module",
+            "scvi.nn",
+            "scvi.distributions",
+            "scvi.train",
+            "scvi.dataloaders",
+            "scvi.data",
+        ],
     ),
     "scanpy": (
         "https://scanpy.readthedocs.io/en/stable/",
