@@ -44,10 +44,12 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
         AnnData registered with :meth:`setup_anndata`.
     registry
         Registry of a datamodule, as SCANVI.
-    n_components, objective, shared_encoder, n_sampled_components, n_particles,
-    importance_weighted
+    n_components, objective, shared_encoder, n_sampled_components
         The mixture, as :class:`~scmixvae.MixSCVI`.
-    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
+    n_particles, importance_weighted
+        Draws per component and their weighting, as :class:`~scmixvae.MixSCVI`.
+    n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood
+        As :class:`scvi.model.SCANVI`.
     use_observed_lib_size, linear_classifier, datamodule
         As :class:`scvi.model.SCANVI`.
     **model_kwargs
