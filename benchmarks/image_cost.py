@@ -40,13 +40,15 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
     config = spec.image_config(
         architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
         warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
+        device_data=args.data[0] == "device",
     )  # fmt: skip
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as run:
         summary = train(config, run, progress_bar=False, callbacks=[timer])
     return {
-        "model": spec.label,
+        "model": spec.label + ("" if args.data[0] == "device" else " (host DataLoader)"),
         "code": spec.code,
+        "data": args.data[0],
         "epoch_seconds": timer.seconds,
         "seconds_per_epoch": statistics.median(timer.seconds[1:]),
         "n_parameters": summary["n_parameters"],
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--stem", default=None, help="results name (default image_cost_<arch>)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--data", nargs="+", choices=["device", "loader"], default=["device"],
+        help="training data path(s): images on the device, sliced there (the default), or the "
+        "host DataLoader of scmixvae 0.2; several are timed side by side",
+    )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.command = command_line("benchmarks.image_cost", argv)
@@ -85,10 +92,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     runs = []
     for _ in range(args.repeats):
-        for spec in specs:
+        for spec, data in [(spec, data) for spec in specs for data in args.data]:
             cmd = [sys.executable, "-m", "benchmarks.image_cost", "--child", spec.code,
                    "--arch", args.arch, "--dataset", args.dataset,
-                   "--epochs", str(args.epochs)]  # fmt: skip
+                   "--epochs", str(args.epochs), "--data", data]  # fmt: skip
             if args.subset:
                 cmd += ["--subset", str(args.subset)]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
             # rewritten after every run, so that a run cut short keeps what it measured
-            rows = summarise(runs, specs)
+            rows = summarise(runs, specs, args.data)
             lines = report_lines(rows, args)
             payload = {"settings": vars(args) | {"out": str(args.out)}, "rows": rows,
                        "runs": runs}  # fmt: skip
@@ -106,11 +113,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def summarise(runs: list[dict], specs: list[ModelSpec]) -> list[dict]:
-    """One row per configuration that has run: its fastest repeat, and the ratio to S=1's."""
+def summarise(runs: list[dict], specs: list[ModelSpec], data=None) -> list[dict]:
+    """One row per configuration (and data path, when ``data`` lists them) that has run: its
+    fastest repeat, and the ratio to the first row's, S=1 on the first data path."""
     rows = []
-    for spec in specs:
-        mine = [r for r in runs if r["code"] == spec.code]
+    for spec, path in [(spec, path) for spec in specs for path in (data or [None])]:
+        mine = [r for r in runs if r["code"] == spec.code and path in (None, r.get("data"))]
         if not mine:
             continue
         rows.append(mine[0] | {

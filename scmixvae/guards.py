@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -17,11 +18,16 @@ class TrainingDivergedError(FloatingPointError):
 class NonFiniteLossGuard(Callback):
     """Stop training at the first NaN/inf loss and restore the weights of the last good epoch."""
 
-    def __init__(self):
+    def __init__(self, check_every_step: bool = True):
         super().__init__()
+        # every step: the loss is read back at once, and the weights never go on from a NaN
+        # (scvi-tools' distributions validate their arguments and would raise first); once per
+        # epoch: no step waits for the device, and the epoch's remaining steps run in vain
+        self.check_every_step = check_every_step
         self.good_state: dict[str, torch.Tensor] | None = None
         self.good_epoch: int = 0
         self.failure: tuple[int, int] | None = None
+        self._finite: torch.Tensor | None = None  # all losses of this epoch finite so far
 
     def _snapshot(self, pl_module) -> None:
         # the whole Lightning module: scvi-tools' plan holds the model as .module, ours as .model
@@ -38,11 +44,23 @@ class NonFiniteLossGuard(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.failure is None and loss is not None and not torch.isfinite(loss).all():
+        if self.failure is not None or loss is None:
+            return
+        # the flag stays on the device; reading it waits for the device, so it is read once
+        # per epoch, at the last batch (before Lightning validates the epoch's weights) or
+        # when the loop will stop anyway
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        n_batches = trainer.num_training_batches  # inf for a loader without a length
+        last = not math.isfinite(n_batches) or batch_idx + 1 >= n_batches
+        last = last or self.check_every_step
+        if (last or trainer.should_stop) and not bool(self._finite):
             self.failure = (trainer.current_epoch + 1, trainer.global_step)
             trainer.should_stop = True
             # at once: Lightning still validates the epoch, which must not see broken weights
             pl_module.load_state_dict(self.good_state)
+        if last:
+            self._finite = None
 
     def raise_if_diverged(self) -> None:
         """Raise :class:`TrainingDivergedError` if training stopped on a non-finite loss."""
@@ -50,7 +68,7 @@ class NonFiniteLossGuard(Callback):
             return
         epoch, step = self.failure
         raise TrainingDivergedError(
-            f"the training loss became NaN or infinite in epoch {epoch} (step {step}); "
+            f"the training loss became NaN or infinite in epoch {epoch} (found at step {step}); "
             f"training stopped and the weights at the end of epoch {self.good_epoch} were "
             "restored. Lower the learning rate or check the input."
         )

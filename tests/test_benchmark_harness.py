@@ -347,9 +347,11 @@ def test_paired_metric_tests_pair_by_seed_and_correct_for_the_family():
 def test_image_cost_harness(tmp_path, data_dir):
     from benchmarks import image_cost
 
-    rows = image_cost.main(["--models", "S1", "S3:shared:A1", "--subset", "200", "--epochs",
-                            "2", "--out", str(tmp_path)])  # fmt: skip
-    assert [r["model"] for r in rows] == ["S=1", "S=3, shared, A=1"]
+    argv = ["--models", "S1", "S3:shared:A1", "--subset", "200", "--epochs", "2"]
+    rows = image_cost.main([*argv, "--out", str(tmp_path), "--data", "device", "loader"])
+    assert [r["model"] for r in rows] == ["S=1", "S=1 (host DataLoader)", "S=3, shared, A=1",
+                                          "S=3, shared, A=1 (host DataLoader)"]  # fmt: skip
+    assert [r["data"] for r in rows] == ["device", "loader"] * 2
     assert rows[0]["time_vs_s1"] == 1.0 and rows[1]["seconds_per_epoch"] > 0
     report = (tmp_path / "image_cost_vanilla.md").read_text()
     assert "| S=3, shared, A=1 |" in report

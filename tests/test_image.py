@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
@@ -343,3 +344,40 @@ def test_evaluation_leaves_the_global_generator_alone(mnist_batch):
     torch.manual_seed(123)
     evaluate_model(model, mnist_batch, n_samples_per_component=3, batch_size=6, seed=9)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_device_batches_cover_every_image_once_per_pass_and_binarise():
+    from scmixvae.image.data import DeviceBatches
+
+    images = np.linspace(0.0, 1.0, 23 * 4, dtype=np.float32).reshape(23, 4)
+    torch.manual_seed(0)
+    ordered = DeviceBatches(images, 5, "cpu", binarize=False, shuffle=True)
+    assert len(ordered) == 5
+    passes = [torch.cat(list(ordered)) for _ in range(2)]
+    for seen in passes:  # a permutation of the images: each exactly once
+        rows = sorted(map(tuple, seen.tolist()))
+        assert rows == sorted(map(tuple, images.tolist()))
+    assert not torch.equal(passes[0], passes[1])  # a new order in every pass
+    fixed = torch.cat(list(DeviceBatches(images, 5, "cpu", shuffle=False)))
+    torch.testing.assert_close(fixed, torch.from_numpy(images))
+    intensities = np.full((4000, 2), 0.3, dtype=np.float32)
+    bits = torch.cat(list(DeviceBatches(intensities, 1000, "cpu", binarize=True)))
+    assert set(bits.unique().tolist()) == {0.0, 1.0}
+    assert abs(bits.mean().item() - 0.3) < 0.02
+    with pytest.raises(ValueError, match="batch_size"):
+        DeviceBatches(images, 0, "cpu")
+
+
+def test_host_loader_path_trains_and_old_runs_resume_on_it(tmp_path, data_dir):
+    from scmixvae.image.training import train
+
+    summary = train(_config(epochs=1, device_data=False), tmp_path, progress_bar=False)
+    assert summary["epochs_run"] == 1
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["device_data"]  # a run saved by scmixvae 0.2
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resumed = train(_config(epochs=2, device_data=False), tmp_path, progress_bar=False,
+                    resume=True)  # fmt: skip
+    assert resumed["epochs_run"] == 2
+    with pytest.raises(ValueError, match="device_data"):  # another random stream: refused
+        train(_config(epochs=3), tmp_path, progress_bar=False, resume=True)

@@ -43,7 +43,9 @@ class ImageTrainConfig:
     linear KL warm-up over 100 epochs, early stopping on the validation bound.
     ``shared_encoder`` amortizes the ``S`` encoders; ``n_sampled_components`` (``A``) draws from
     ``A`` components per image and step (``None``: all), in training and validation; test
-    evaluation always uses all ``S``.
+    evaluation always uses all ``S``. ``device_data`` keeps the images on the training device
+    and slices batches there (:class:`~scmixvae.image.data.DeviceBatches`); ``False`` is the
+    host ``DataLoader`` of scmixvae 0.2 (the same distribution, another random stream).
     """
 
     architecture: str = "vanilla"
@@ -62,6 +64,7 @@ class ImageTrainConfig:
     seed: int = 0
     subset: int | None = None
     max_minutes: float | None = None
+    device_data: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,9 +95,14 @@ class ImageVAEPlan(pl.LightningModule):
         terms = self._terms(x, self.config.n_particles)
         # a non-finite loss is caught by NonFiniteLossGuard, which restores the last good epoch
         loss = -bound(terms, self.objective, self._beta(), self.config.importance_weighted).mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("beta", self._beta(), on_step=False, on_epoch=True)
+        # epoch means only: Lightning accumulates them on the device, so no step waits for the
+        # device to report a number (a per-step value would be read back at every step)
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=x.shape[0])  # fmt: skip
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("beta", self._beta())
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
         terms = self._terms(x, 1)
@@ -159,7 +167,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, verbose=False)
     splits = load_splits(config.dataset, data_dir, seed=config.seed, subset=config.subset)
-    data = ImageDataModule(splits, batch_size=config.batch_size, eval_batch_size=500)
+    data = ImageDataModule(splits, batch_size=config.batch_size, eval_batch_size=500,
+                           device_resident=config.device_data)  # fmt: skip
     model = build_model(
         config.architecture, config.n_components, config.shared_encoder, **config.model_kwargs
     )
@@ -170,7 +179,7 @@ def train(
         dirpath=out / "checkpoints", monitor="val_loss", save_top_k=1, save_last=True,
         filename="best",
     )  # fmt: skip
-    guard = NonFiniteLossGuard()
+    guard = NonFiniteLossGuard(check_every_step=not config.device_data)
     trainer = pl.Trainer(
         max_epochs=config.epochs,
         max_time={"minutes": config.max_minutes} if config.max_minutes else None,
@@ -212,6 +221,8 @@ def train(
 
 # settings a resumed run may change: how long it trains
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "patience")
+# runs saved by scmixvae 0.2 trained from a host DataLoader
+SETTINGS_BEFORE_THEY_EXISTED = {"device_data": False}
 
 
 class _ConfiguredEarlyStopping(EarlyStopping):
@@ -230,7 +241,8 @@ class _ConfiguredEarlyStopping(EarlyStopping):
 def _check_resumable(out: Path, config: ImageTrainConfig) -> None:
     if not (out / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: there is no run to resume.")
-    saved = json.loads((out / CONFIG_FILE).read_text())
+    # a setting added after the run was saved has the value that run had: its old behaviour
+    saved = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads((out / CONFIG_FILE).read_text())}
     wanted = asdict(config)
     differ = sorted(k for k in wanted if k not in RESUMABLE_CHANGES and saved.get(k) != wanted[k])
     if differ:
