@@ -165,7 +165,7 @@ def test_cost_reports_keep_the_runs_finished_before_a_failure(tmp_path, monkeypa
     assert "idle test GPU" in report and "GPU peak (GB)" in report
 
     image_row = {"model": "S=1", "code": "S1", "seconds_per_epoch": 2.0, "n_parameters": 5,
-                 "device": "test GPU"}  # fmt: skip
+                 "device": "test GPU", "data": "device"}  # fmt: skip
     _fail_after_first_run(monkeypatch, image_cost, image_row)
     with pytest.raises(SystemExit):
         image_cost.main(["--models", "S1", "S5", "--out", str(tmp_path)])
