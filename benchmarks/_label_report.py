@@ -172,3 +172,76 @@ def write_dataset_report(dataset: str, rows: list[dict], out: Path, command: str
     with atomic_path(out / f"label_transfer_{dataset}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return payload
+
+
+# the issue's goals, checked per dataset and task: (what, MixSCANVI's metric, SCANVI's, goal)
+SUMMARY_METHODS = ["SCANVI", "MixSCANVI(S=5)", "SCVI + kNN", "MixSCVI(S=5) + kNN",
+                   "logistic regression (CellTypist's model)"]  # fmt: skip
+SUMMARY_COLUMNS = [("accuracy", "accuracy"), ("ece", "ECE"),
+                   ("error_auroc[1-confidence]", "error AUROC"),
+                   ("unseen_auroc[1-confidence]", "unseen AUROC (1 − confidence)"),
+                   ("unseen_auroc[entropy]", "unseen AUROC (entropy)"),
+                   ("unseen_flagged", "unseen flagged")]  # fmt: skip
+
+
+def summary_lines(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """One table over datasets and tasks (mean ± sd over seeds) and the goals of the
+    label-transfer issue checked against SCANVI, seed-paired where both ran."""
+    lines = ["| dataset | task | method | seeds | "
+             + " | ".join(title for _, title in SUMMARY_COLUMNS) + " |",
+             "|---|---|---|---|" + "---|" * len(SUMMARY_COLUMNS)]  # fmt: skip
+    goals = ["| dataset | task | ECE Mix / SCANVI (goal ≤ 0.5) | accuracy Mix − SCANVI (goal ≥ "
+             "−0.01) | unseen AUROC Mix − SCANVI, best of the two scores each (goal ≥ +0.05) | "
+             "training time Mix / SCANVI (goal ≤ 1.3) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for dataset, frame in frames.items():
+        for task, group in frame.groupby("task", sort=False):
+            for method in SUMMARY_METHODS:
+                mine = group[group["method"] == method]
+                if mine.empty:
+                    continue
+                cells = [_cell(mine[c]) if c in mine else "–" for c, _ in SUMMARY_COLUMNS]
+                lines.append(f"| {dataset} | {task} | {method} | {mine['seed'].nunique()} | "
+                             + " | ".join(cells) + " |")  # fmt: skip
+            goals.append(_goal_row(dataset, task, group))
+    return [*lines, "", "Against the goals (means over the seeds both methods ran):", "", *goals]
+
+
+def _goal_row(dataset: str, task: str, group: pd.DataFrame) -> str:
+    mix = group[group["method"] == "MixSCANVI(S=5)"].set_index("seed")
+    base = group[group["method"] == REFERENCE].set_index("seed")
+    seeds = mix.index.intersection(base.index)
+    if seeds.empty:
+        return f"| {dataset} | {task} | – | – | – | – |"
+    mix, base = mix.loc[seeds], base.loc[seeds]
+
+    def best_unseen(frame: pd.DataFrame) -> float:
+        scores = [c for c in ("unseen_auroc[1-confidence]", "unseen_auroc[entropy]")
+                  if c in frame and frame[c].notna().all()]  # fmt: skip
+        return max(frame[c].mean() for c in scores) if scores else float("nan")
+
+    unseen = best_unseen(mix) - best_unseen(base) if task != "A" else float("nan")
+    time = (mix["reference_s"] + mix["scanvi_s"]) / (base["reference_s"] + base["scanvi_s"])
+    cells = [f"{mix['ece'].mean() / base['ece'].mean():.2f}",
+             f"{mix['accuracy'].mean() - base['accuracy'].mean():+.3f}",
+             "–" if np.isnan(unseen) else f"{unseen:+.3f}", f"{time.mean():.1f}"]  # fmt: skip
+    return f"| {dataset} | {task} ({len(seeds)} seeds) | " + " | ".join(cells) + " |"
+
+
+def write_summary(out: Path, command: str) -> None:
+    """``label_transfer_summary.md`` from every ``label_transfer_<dataset>.json`` in ``out``."""
+    import json
+
+    frames = {}
+    for path in sorted(out.glob("label_transfer_*.json")):
+        rows = json.loads(path.read_text())["rows"]
+        if rows:
+            frames[path.stem.removeprefix("label_transfer_")] = pd.DataFrame.from_records(rows)
+    if not frames:
+        return
+    lines = ["# Label transfer: every dataset and task", "", f"Written by `{command}` from the "
+             "per-dataset results beside this file (their commands are in them). Query cells "
+             "mapped onto the reference with scArches; mean ± sd over seeds; ECE with 15 bins "
+             "on known types; unseen: the type missing from the reference (task B).", "",
+             *summary_lines(frames)]  # fmt: skip
+    with atomic_path(out / "label_transfer_summary.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scvi.data._constants import ADATA_MINIFY_TYPE
+from scvi.dataloaders import DataSplitter
 from scvi.module._constants import MODULE_KEYS
 
 from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
@@ -26,6 +27,7 @@ from scmixvae.mixture import MixtureNormal, NLLEstimator
 
 from . import _compat
 from .arches import freeze_mixture_encoder_for_query
+from .device_data import device_backed_datamodule
 from .mixture_diagnostics import MixtureDiagnosticsMixin
 from .module import mixture_from_flat
 from .safety import atomic_save_dir, check_same_genes, check_shared_encoder_layout
@@ -50,7 +52,13 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
             return self.module.n_components
         return self._module_kwargs["n_components"]
 
-    def train(self, *args, callbacks: list | None = None, **kwargs):
+    def train(
+        self,
+        *args,
+        callbacks: list | None = None,
+        device_data: bool = False,
+        **kwargs,
+    ):
         """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`.
 
         Every argument of ``SCVI.train`` works (``max_epochs``, ``batch_size``,
@@ -61,6 +69,15 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         run continues exactly as the uninterrupted one would; and a NaN or infinite loss stops
         training, restores the weights of the last complete epoch and raises
         :class:`~scmixvae.guards.TrainingDivergedError`.
+
+        ``device_data=True`` (MixSCVI) copies the training and validation cells to the
+        training device once, dense, and draws every minibatch there (scvi-tools'
+        :class:`~scvi.dataloaders.DeviceBackedDataSplitter`): no per-step read, densification
+        and host-to-device copy. It is for GPUs, where that copy bounds an epoch; it is refused
+        with a one-line error when the dense counts would take more than half of the device's
+        free memory, with a ``datamodule``, ``load_sparse_tensor=True`` or ``strategy="ddp"``.
+        The training/validation split is the host loader's (the same cells for the same seed);
+        the minibatches are drawn in another order, so the weights differ as between seeds.
         """
         if self.minified_data_type is not None:
             raise ValueError(
@@ -68,6 +85,19 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
                 "so there is nothing to train on. Train on the full AnnData (MixSCVI.load(..., "
                 "adata=full)) and minify afterwards."
             )
+        if device_data:
+            if args:
+                raise ValueError(
+                    "with device_data=True pass train's arguments by keyword (max_epochs=..., "
+                    "batch_size=...), so that the data options reach the device loader."
+                )
+            if self._data_splitter_cls is not DataSplitter:
+                raise ValueError(
+                    f"device_data=True is for MixSCVI; {type(self).__name__} trains with "
+                    f"{self._data_splitter_cls.__name__} (labelled cells drawn per label), "
+                    "which scvi-tools has no device-backed form of: train without device_data."
+                )
+            kwargs["datamodule"] = device_backed_datamodule(self, kwargs)
         guard = NonFiniteLossGuard()
         callbacks = _compat.with_checkpoint_support(list(callbacks or []))
         callbacks += [guard, RNGStateCheckpoint()]
