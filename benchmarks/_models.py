@@ -3,9 +3,10 @@
 A model is written on the command line as ``scvi[:L<n>]`` or ``S<n>[:<option>...]`` with options
 ``ensemble`` / ``some_to_some`` (the objective), ``shared`` (amortized encoder), ``A<n>``
 (components sampled per step), ``H<n>`` (the shared encoder's earlier layout, with a coded
-head of ``n`` units; results up to commit cb8f48b used ``H64``) and ``L<n>`` (``n_layers``
-hidden layers in the encoder *and* the decoder, as scvi-tools' ``n_layers``): ``S5``,
-``S5:ensemble``, ``S50:shared:A1``, ``S50:shared:A1:H64``, ``scvi:L2``.
+head of ``n`` units; results up to commit cb8f48b used ``H64``), ``L<n>`` (``n_layers``
+hidden layers in the encoder *and* the decoder, as scvi-tools' ``n_layers``) and ``D`` (trained
+with the counts resident on the device, ``train(device_data=True)``): ``S5``,
+``S5:ensemble``, ``S50:shared:A1``, ``S50:shared:A1:H64``, ``scvi:L2``, ``S5:D``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ModelSpec:
     n_sampled_components: int | None = None
     n_head_hidden: int | None = None
     n_layers: int = 1
+    device_data: bool = False
 
     def _settings(self, equals: str) -> list[str]:
         parts = [f"S{equals}{self.n_components}"]
@@ -46,6 +48,8 @@ class ModelSpec:
             parts.append(f"head={head}" if equals else f"H{head}")
         if self.n_layers != 1:
             parts.append(f"n_layers={self.n_layers}" if equals else f"L{self.n_layers}")
+        if self.device_data:
+            parts.append("device data" if equals else "D")
         return parts
 
     @property
@@ -61,7 +65,17 @@ class ModelSpec:
     @property
     def has_image_form(self) -> bool:
         """False for SCVI and the single-cell-only options ``H<n>`` and ``L<n>``."""
-        return self.kind == "mixscvi" and self.n_head_hidden is None and self.n_layers == 1
+        return (
+            self.kind == "mixscvi"
+            and self.n_head_hidden is None
+            and self.n_layers == 1
+            and not self.device_data  # image training data are always on the device
+        )
+
+    @property
+    def train_kwargs(self) -> dict:
+        """Arguments this configuration adds to ``model.train``."""
+        return {"device_data": True} if self.device_data else {}
 
     @property
     def name(self) -> str:
@@ -100,6 +114,8 @@ class ModelSpec:
                 fields["n_head_hidden"] = int(option[1:])
             elif re.fullmatch(r"L[1-9]\d*", option):
                 fields["n_layers"] = int(option[1:])
+            elif option == "D":
+                fields["device_data"] = True
             else:
                 raise ValueError(f"model {text!r}: unknown option {option!r}.")
         if "n_head_hidden" in fields and not fields.get("shared_encoder"):

@@ -66,6 +66,7 @@ def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:
         early_stopping=False,
         enable_progress_bar=False,
         callbacks=[timer],
+        **spec.train_kwargs,
     )
     timed = timer.seconds[len(timer.seconds) // 2 :]
     # without a reset, the lifetime peak also counts building the data: an upper bound

@@ -158,6 +158,7 @@ def train_embedding(spec: ModelSpec, adata, batch_key: str, seed: int, args) -> 
         early_stopping_patience=20,
         train_size=0.9,
         enable_progress_bar=False,
+        **spec.train_kwargs,
     )
     epochs = len(model.history["train_loss"])
     row = {"model": spec.name, "code": spec.code, "seed": seed, "epochs": epochs,

@@ -105,7 +105,7 @@ def _fit_reference(spec: ModelSpec, ref, seed: int, args):
     model.train(max_epochs=args.max_epochs, batch_size=128, early_stopping=True,
                 early_stopping_patience=args.patience,
                 plan_kwargs={"n_epochs_kl_warmup": args.kl_warmup_epochs},
-                enable_progress_bar=False)  # fmt: skip
+                enable_progress_bar=False, **spec.train_kwargs)  # fmt: skip
     return model
 
 

@@ -168,7 +168,7 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
     curve = None
     if spec.code in (args.curve_models or []):
         curve = HeldoutCurve(model, data, split[2], args.curve_every, args.curve_samples)
-    seconds = fit(model, split, args, callbacks=[curve] if curve else None)
+    seconds = fit(model, split, args, callbacks=[curve] if curve else None, **spec.train_kwargs)
     # the curve's evaluations are not training time
     seconds -= curve.eval_seconds if curve else 0.0
     epochs = len(model.history["train_loss"])
@@ -193,7 +193,7 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
     return row, model
 
 
-def fit(model, split, args, callbacks: list | None = None) -> float:
+def fit(model, split, args, callbacks: list | None = None, **train_kwargs) -> float:
     """Train ``model`` as every benchmark model is trained; return the seconds it took.
 
     Adam 1e-3, ``args.kl_warmup_epochs`` of KL warm-up, batches of ``args.batch_size``, the
@@ -210,6 +210,7 @@ def fit(model, split, args, callbacks: list | None = None) -> float:
         datasplitter_kwargs={"external_indexing": split},
         enable_progress_bar=False,
         **({"callbacks": callbacks} if callbacks else {}),
+        **train_kwargs,
     )
     return time.perf_counter() - start
 

@@ -206,6 +206,7 @@ def test_cost_refuses_an_untimed_run(tmp_path):
         "S5:shared:A1:H64",
         "scvi:L2",
         "S1:L2",
+        "S5:D",
     ],
 )
 def test_model_codes_round_trip(code):
@@ -241,6 +242,12 @@ def test_model_codes_are_checked():
     assert (config.n_sampled_components, config.epochs, config.seed) == (2, 3, 4)
     with pytest.raises(ValueError, match="single-cell only"):
         earlier.image_config()
+    # D: trained with the counts on the device; a row of its own, no image form
+    resident = ModelSpec.parse("S5:D")
+    assert resident.name == "MixSCVI(S=5, device data)" and not resident.has_image_form
+    assert (
+        resident.train_kwargs == {"device_data": True} and not ModelSpec.parse("S5").train_kwargs
+    )
 
 
 def test_deeper_scvi_is_built_deeper_and_not_the_reference():
