@@ -247,6 +247,11 @@ def _add_image_parser(subparsers) -> None:
     t.add_argument("--subset", type=int, default=None, help="use only N images per split")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--accelerator", default="auto")
+    t.add_argument(
+        "--device-data", action=argparse.BooleanOptionalAction, default=None,
+        help="training images on the training device, batches cut there (default; a resumed run "
+        "keeps its own); --no-device-data: the host DataLoader of scmixvae 0.2",
+    )  # fmt: skip
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument(
@@ -286,7 +291,7 @@ def _image_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, subset=args.subset,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes, device_data=_device_data(args),
     )  # fmt: skip
     summary = train(
         config,
@@ -302,6 +307,17 @@ def _image_train(args: argparse.Namespace) -> int:
         f"{summary['best_val_loss']:.2f}; wrote {args.out}"
     )
     return 0
+
+
+def _device_data(args: argparse.Namespace) -> bool:
+    """``--device-data`` as given; unset, a resumed run's own setting, else on."""
+    if args.device_data is not None:
+        return args.device_data
+    if args.resume:
+        from scmixvae.image.training import saved_setting
+
+        return saved_setting(args.out, "device_data", default=True)
+    return True
 
 
 def _image_evaluate(args: argparse.Namespace) -> int:

@@ -238,6 +238,15 @@ class _ConfiguredEarlyStopping(EarlyStopping):
         self.patience = patience
 
 
+def saved_setting(out_dir: str | os.PathLike, key: str, default: Any) -> Any:
+    """A setting of the run saved in ``out_dir`` (a setting added since: its old value), or
+    ``default`` where there is no run."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return default
+    return {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(path.read_text())}.get(key, default)
+
+
 def _check_resumable(out: Path, config: ImageTrainConfig) -> None:
     if not (out / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: there is no run to resume.")
