@@ -29,6 +29,9 @@ from ._report import command_line, machine_description, write_report
 from ._timing import EpochTimer
 
 RESULTS = Path(__file__).parent / "results"
+# --data: images on the device (the default), the host DataLoader of 0.2, or on the device with
+# the training loss through torch.compile (its compilation falls in the untimed first epoch)
+PATH_LABELS = {"device": "", "loader": " (host DataLoader)", "compiled": " (torch.compile)"}
 
 
 def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
@@ -40,18 +43,19 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
     config = spec.image_config(
         architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
         warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
-        device_data=args.data[0] == "device",
+        device_data=args.data[0] != "loader", compile=args.data[0] == "compiled",
     )  # fmt: skip
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as run:
         summary = train(config, run, progress_bar=False, callbacks=[timer])
     return {
-        "model": spec.label + ("" if args.data[0] == "device" else " (host DataLoader)"),
+        "model": spec.label + PATH_LABELS[args.data[0]],
         "code": spec.code,
         "data": args.data[0],
         "epoch_seconds": timer.seconds,
         "seconds_per_epoch": statistics.median(timer.seconds[1:]),
         "n_parameters": summary["n_parameters"],
+        "compile_fallback": summary["compile_fallback"],
         "torch_threads": torch.get_num_threads(),
         "device": machine_description(),
     }
@@ -72,9 +76,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--stem", default=None, help="results name (default image_cost_<arch>)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--data", nargs="+", choices=["device", "loader"], default=["device"],
-        help="training data path(s): images on the device, sliced there (the default), or the "
-        "host DataLoader of scmixvae 0.2; several are timed side by side",
+        "--data", nargs="+", choices=list(PATH_LABELS), default=["device"],
+        help="training path(s): images on the device, sliced there (the default), the host "
+        "DataLoader of scmixvae 0.2, or on the device with torch.compile; several are timed "
+        "side by side",
     )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,6 +152,11 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
             f"| {r['model']} | {r['n_parameters']:,} | {r['seconds_per_epoch']:.2f} | "
             f"{r['time_vs_s1']:.2f}x | {_seconds(r['repeat_seconds_per_epoch'])} |"
             for r in rows
+        ),
+        *(
+            f"\n{r['model']}: torch.compile failed ({r['compile_fallback']}); timed uncompiled."
+            for r in rows
+            if r.get("compile_fallback")
         ),
     ]
 

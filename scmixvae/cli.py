@@ -252,6 +252,11 @@ def _add_image_parser(subparsers) -> None:
         help="training images on the training device, batches cut there (default; a resumed run "
         "keeps its own); --no-device-data: the host DataLoader of scmixvae 0.2",
     )  # fmt: skip
+    t.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="the training loss through torch.compile, uncompiled (and said) where it cannot "
+        "(default: off; a resumed run keeps its own)",
+    )  # fmt: skip
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument(
@@ -292,6 +297,7 @@ def _image_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, subset=args.subset,
         max_minutes=args.max_minutes, device_data=_device_data(args),
+        compile=_run_setting(args, "compile", default=False),
     )  # fmt: skip
     summary = train(
         config,
@@ -311,13 +317,18 @@ def _image_train(args: argparse.Namespace) -> int:
 
 def _device_data(args: argparse.Namespace) -> bool:
     """``--device-data`` as given; unset, a resumed run's own setting, else on."""
-    if args.device_data is not None:
-        return args.device_data
+    return _run_setting(args, "device_data", default=True)
+
+
+def _run_setting(args: argparse.Namespace, key: str, default: bool) -> bool:
+    """A switch as given; unset, a resumed run's own setting, else ``default``."""
+    if getattr(args, key) is not None:
+        return getattr(args, key)
     if args.resume:
         from scmixvae.image.training import saved_setting
 
-        return saved_setting(args.out, "device_data", default=True)
-    return True
+        return saved_setting(args.out, key, default=default)
+    return default
 
 
 def _image_evaluate(args: argparse.Namespace) -> int:

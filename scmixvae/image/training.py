@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from scmixvae.mixture import (
 from .data import ImageDataModule, load_splits
 from .models import MixtureImageVAE, build_model, check_images
 
+log = logging.getLogger(__name__)
 CONFIG_FILE, RESULT_FILE, EVALUATION_FILE = "config.json", "training.json", "evaluation.json"
 
 
@@ -46,6 +48,8 @@ class ImageTrainConfig:
     evaluation always uses all ``S``. ``device_data`` keeps the images on the training device
     and slices batches there (:class:`~scmixvae.image.data.DeviceBatches`); ``False`` is the
     host ``DataLoader`` of scmixvae 0.2 (the same distribution, another random stream).
+    ``compile`` runs the training loss through :func:`torch.compile`; where it cannot compile
+    (no C++ compiler, an unsupported platform) training goes on uncompiled and the log says so.
     """
 
     architecture: str = "vanilla"
@@ -65,6 +69,7 @@ class ImageTrainConfig:
     subset: int | None = None
     max_minutes: float | None = None
     device_data: bool = True
+    compile: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +82,9 @@ class ImageVAEPlan(pl.LightningModule):
         self.config = config
         self.objective = validate_objective(config.objective)
         self.warmup_steps = config.warmup_epochs * steps_per_epoch
+        self._compiled_loss = _compiled(self._loss) if config.compile else None
+        self.compile_fallback: str | None = None
+        self._compile_tried = False
 
     def _terms(self, x: torch.Tensor, n_samples: int) -> DrawTerms:
         return self.model.draw_terms(
@@ -91,15 +99,32 @@ class ImageVAEPlan(pl.LightningModule):
             return 1.0
         return min(1.0, (self.global_step + 1) / self.warmup_steps)
 
-    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         terms = self._terms(x, self.config.n_particles)
+        return -bound(terms, self.objective, beta, self.config.importance_weighted).mean()
+
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # beta as a tensor: a changing Python float would make torch.compile recompile
+        beta = torch.tensor(self._beta(), dtype=x.dtype, device=x.device)
         # a non-finite loss is caught by NonFiniteLossGuard, which restores the last good epoch
-        loss = -bound(terms, self.objective, self._beta(), self.config.importance_weighted).mean()
+        loss = self._compiled_step(x, beta) if self._compiled_loss else self._loss(x, beta)
         # epoch means only: Lightning accumulates them on the device, so no step waits for the
         # device to report a number (a per-step value would be read back at every step)
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True,
                  batch_size=x.shape[0])  # fmt: skip
         return loss
+
+    def _compiled_step(self, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        if self._compile_tried:
+            return self._compiled_loss(x, beta)
+        self._compile_tried = True
+        try:  # the first call compiles: a platform that cannot is told, then trained eagerly
+            return self._compiled_loss(x, beta)
+        except Exception as error:  # any compiler failure; the eager call re-raises real bugs
+            self.compile_fallback = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            log.warning("torch.compile failed (%s); training uncompiled", self.compile_fallback)
+            self._compiled_loss = self._loss
+            return self._loss(x, beta)
 
     def on_train_epoch_end(self) -> None:
         self.log("beta", self._beta())
@@ -214,6 +239,7 @@ def train(
         "best_checkpoint": Path(checkpoint.best_model_path).name,
         "n_train": len(splits.train),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "compile_fallback": plan.compile_fallback,
     }
     _write_json(out / RESULT_FILE, summary)
     return summary
@@ -222,7 +248,7 @@ def train(
 # settings a resumed run may change: how long it trains
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "patience")
 # runs saved by scmixvae 0.2 trained from a host DataLoader
-SETTINGS_BEFORE_THEY_EXISTED = {"device_data": False}
+SETTINGS_BEFORE_THEY_EXISTED = {"device_data": False, "compile": False}
 
 
 class _ConfiguredEarlyStopping(EarlyStopping):
@@ -236,6 +262,15 @@ class _ConfiguredEarlyStopping(EarlyStopping):
         patience = self.patience
         super().load_state_dict(state_dict)
         self.patience = patience
+
+
+def _compiled(function):
+    """``torch.compile(function)``, or ``function`` itself where torch cannot compile at all."""
+    try:
+        return torch.compile(function)
+    except Exception as error:  # e.g. a RuntimeError on an unsupported Python
+        log.warning("torch.compile is unavailable here (%s); training uncompiled", error)
+        return function
 
 
 def saved_setting(out_dir: str | os.PathLike, key: str, default: Any) -> Any:
