@@ -175,8 +175,14 @@ def write_dataset_report(dataset: str, rows: list[dict], out: Path, command: str
 
 
 # the issue's goals, checked per dataset and task: (what, MixSCANVI's metric, SCANVI's, goal)
-SUMMARY_METHODS = ["SCANVI", "MixSCANVI(S=5)", "SCVI + kNN", "MixSCVI(S=5) + kNN",
-                   "logistic regression (CellTypist's model)"]  # fmt: skip
+def _summary_methods(frame: pd.DataFrame) -> list[str]:
+    """SCANVI, every MixSCANVI configuration, the kNN routes and the logistic regression (the
+    averages over draws are in the per-dataset reports)."""
+    methods = [m for m in frame["method"].unique() if "draws" not in m]
+    order = ("SCANVI", "MixSCANVI", "SCVI + kNN", "MixSCVI", "logistic")
+    return sorted(methods, key=lambda m: next(i for i, p in enumerate(order) if m.startswith(p)))
+
+
 SUMMARY_COLUMNS = [("accuracy", "accuracy"), ("ece", "ECE"),
                    ("error_auroc[1-confidence]", "error AUROC"),
                    ("unseen_auroc[1-confidence]", "unseen AUROC (1 − confidence)"),
@@ -190,28 +196,30 @@ def summary_lines(frames: dict[str, pd.DataFrame]) -> list[str]:
     lines = ["| dataset | task | method | seeds | "
              + " | ".join(title for _, title in SUMMARY_COLUMNS) + " |",
              "|---|---|---|---|" + "---|" * len(SUMMARY_COLUMNS)]  # fmt: skip
-    goals = ["| dataset | task | ECE Mix / SCANVI (goal ≤ 0.5) | accuracy Mix − SCANVI (goal ≥ "
-             "−0.01) | unseen AUROC Mix − SCANVI, best of the two scores each (goal ≥ +0.05) | "
-             "training time Mix / SCANVI (goal ≤ 1.3) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    goals = ["| dataset | task | MixSCANVI | ECE Mix / SCANVI (goal ≤ 0.5) | accuracy Mix − "
+             "SCANVI (goal ≥ −0.01) | unseen AUROC Mix − SCANVI, best of the two scores each "
+             "(goal ≥ +0.05) | training time Mix / SCANVI, task A (goal ≤ 1.3) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for dataset, frame in frames.items():
         for task, group in frame.groupby("task", sort=False):
-            for method in SUMMARY_METHODS:
+            for method in _summary_methods(group):
                 mine = group[group["method"] == method]
                 if mine.empty:
                     continue
                 cells = [_cell(mine[c]) if c in mine else "–" for c, _ in SUMMARY_COLUMNS]
                 lines.append(f"| {dataset} | {task} | {method} | {mine['seed'].nunique()} | "
                              + " | ".join(cells) + " |")  # fmt: skip
-            goals.append(_goal_row(dataset, task, group))
+            mixtures = [m for m in _summary_methods(group) if m.startswith("MixSCANVI")]
+            goals += [_goal_row(dataset, task, group, m) for m in mixtures]
     return [*lines, "", "Against the goals (means over the seeds both methods ran):", "", *goals]
 
 
-def _goal_row(dataset: str, task: str, group: pd.DataFrame) -> str:
-    mix = group[group["method"] == "MixSCANVI(S=5)"].set_index("seed")
+def _goal_row(dataset: str, task: str, group: pd.DataFrame, method: str) -> str:
+    mix = group[group["method"] == method].set_index("seed")
     base = group[group["method"] == REFERENCE].set_index("seed")
     seeds = mix.index.intersection(base.index)
     if seeds.empty:
-        return f"| {dataset} | {task} | – | – | – | – |"
+        return f"| {dataset} | {task} | {method} | – | – | – | – |"
     mix, base = mix.loc[seeds], base.loc[seeds]
 
     def best_unseen(frame: pd.DataFrame) -> float:
@@ -223,8 +231,10 @@ def _goal_row(dataset: str, task: str, group: pd.DataFrame) -> str:
     time = (mix["reference_s"] + mix["scanvi_s"]) / (base["reference_s"] + base["scanvi_s"])
     cells = [f"{mix['ece'].mean() / base['ece'].mean():.2f}",
              f"{mix['accuracy'].mean() - base['accuracy'].mean():+.3f}",
-             "–" if np.isnan(unseen) else f"{unseen:+.3f}", f"{time.mean():.1f}"]  # fmt: skip
-    return f"| {dataset} | {task} ({len(seeds)} seeds) | " + " | ".join(cells) + " |"
+             "–" if np.isnan(unseen) else f"{unseen:+.3f}",
+             # task A's runs are the timed ones (task B reruns shared the machine)
+             f"{time.mean():.1f}" if task == "A" else "–"]  # fmt: skip
+    return f"| {dataset} | {task} ({len(seeds)} seeds) | {method} | " + " | ".join(cells) + " |"
 
 
 def write_summary(out: Path, command: str) -> None:

@@ -34,6 +34,10 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
     assert "unseen_auroc[disagreement]" not in rows["SCANVI"]
     report = (tmp_path / "label_transfer_sorted_pbmc.md").read_text()
     assert "Paired by seed against SCANVI" in report and "| MixSCANVI(S=2) | ece |" in report
+    # the cross-dataset summary checks the goals per MixSCANVI configuration
+    summary = (tmp_path / "label_transfer_summary.md").read_text()
+    assert "| sorted_pbmc | B_small (2 seeds) | MixSCANVI(S=2) |" in summary
+    assert "| sorted_pbmc | B_small | logistic regression (CellTypist's model) | 2 |" in summary
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
