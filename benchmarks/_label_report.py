@@ -10,11 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_rel
 
 from scmixvae.io import atomic_path
 
-from .singlecell import holm
+from ._paired import holm, paired_difference
 
 REFERENCE = "SCANVI"
 # (column, lower is better) of the tables; the paired tests use the same list
@@ -88,13 +87,10 @@ def paired_tests(frame: pd.DataFrame, metrics: list[tuple[str, bool]]) -> pd.Dat
             keep = np.isfinite(own) & np.isfinite(other.astype(float))
             if keep.sum() < 2:
                 continue
-            own, other = own[keep].to_numpy(), other[keep].astype(float).to_numpy()
-            better = own < other if lower_better else own > other
-            diff = own - other
-            p = float(ttest_rel(own, other).pvalue) if np.ptp(diff) > 0 else float("nan")
-            records.append({"method": method, "metric": metric, "n_seeds": len(own),
-                            "minus_scanvi": float(diff.mean()),
-                            "better": f"{int(better.sum())}/{len(own)}", "p": p})  # fmt: skip
+            test = paired_difference(own[keep], other[keep].astype(float), lower_better)
+            records.append({"method": method, "metric": metric, "n_seeds": test["n_seeds"],
+                            "minus_scanvi": test["minus"], "better": test["better"],
+                            "p": test["p"]})  # fmt: skip
     tests = pd.DataFrame.from_records(records)
     if not tests.empty:
         finite = tests["p"].notna()

@@ -10,18 +10,17 @@ import pytest
 
 from benchmarks import cost
 from benchmarks._models import ModelSpec
-from benchmarks.singlecell import (
+from benchmarks._paired import holm
+from benchmarks._singlecell_report import (
     METRICS,
     _paired_metric_lines,
     _paired_test_lines,
-    _reusable_rows,
-    holm,
-    main,
     model_family,
     paired_metric_tests,
     paired_tests,
     with_paired_differences,
 )
+from benchmarks.singlecell import _reusable_rows, main
 
 TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
         "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
