@@ -215,10 +215,8 @@ def run_reference_family(spec: ModelSpec, split, seed, codes, args) -> list[dict
         extra = {}
         if cq.shape[0] > 1:
             u = predictive_uncertainty(cq)
-            extra = {
-                "entropy": u["entropy"].to_numpy(),
-                "disagreement": u["disagreement"].to_numpy(),
-            }
+            # score() computes the entropy of the mean for every method; only the split is new
+            extra = {"disagreement": u["disagreement"].to_numpy()}
         label = name if draws is None else f"{name}, {draws} draws"
         rows.append(score(label, cq.mean(0), ch.mean(0), split, codes, extra))
         rows[-1].update(timings, predict_s=predict_s, reference_epochs=epochs,

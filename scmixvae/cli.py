@@ -296,7 +296,7 @@ def _image_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, subset=args.subset,
-        max_minutes=args.max_minutes, device_data=_device_data(args),
+        max_minutes=args.max_minutes, device_data=_run_setting(args, "device_data", default=True),
         compile=_run_setting(args, "compile", default=False),
     )  # fmt: skip
     summary = train(
@@ -313,11 +313,6 @@ def _image_train(args: argparse.Namespace) -> int:
         f"{summary['best_val_loss']:.2f}; wrote {args.out}"
     )
     return 0
-
-
-def _device_data(args: argparse.Namespace) -> bool:
-    """``--device-data`` as given; unset, a resumed run's own setting, else on."""
-    return _run_setting(args, "device_data", default=True)
 
 
 def _run_setting(args: argparse.Namespace, key: str, default: bool) -> bool:

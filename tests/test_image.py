@@ -382,13 +382,13 @@ def test_host_loader_path_trains_and_old_runs_resume_on_it(tmp_path, data_dir):
     with pytest.raises(ValueError, match="device_data"):  # another random stream: refused
         train(_config(epochs=3), tmp_path, progress_bar=False, resume=True)
     # the command line resumes a run on its own data path unless told otherwise
-    from scmixvae.cli import _device_data, build_parser
+    from scmixvae.cli import _run_setting, build_parser
 
     def parsed(*flags):
-        return _device_data(build_parser().parse_args(["image", "train", "--out", str(tmp_path),
-                                                       *flags]))  # fmt: skip
+        return _run_setting(build_parser().parse_args(["image", "train", "--out", str(tmp_path),
+                                                       *flags]), "device_data", True)  # fmt: skip
 
     assert parsed("--resume") is False and parsed() is True
     assert parsed("--resume", "--device-data") is True and parsed("--no-device-data") is False
-    assert _device_data(build_parser().parse_args(
-        ["image", "train", "--out", str(tmp_path / "new"), "--resume"])) is True  # fmt: skip
+    fresh = build_parser().parse_args(["image", "train", "--out", str(tmp_path / "n"), "--resume"])
+    assert _run_setting(fresh, "device_data", True) is True
