@@ -12,6 +12,12 @@ Usage::
 
     python -m benchmarks.image_cost --arch vanilla --repeats 2 \\
         --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
+
+Against the authors' code (a checkout of Lagergren-Lab/MixtureVAEs, timed in the same run; see
+:mod:`benchmarks._authors_misvae`)::
+
+    python -m benchmarks.image_cost --arch vanilla --epochs 3 --models S1 S5 \\
+        --data device compiled authors --authors-code PATH --stem image_cost_authors
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from ._timing import EpochTimer
 
 RESULTS = Path(__file__).parent / "results"
 # --data: images on the device (the default), the host DataLoader of 0.2, or on the device with
-# the training loss through torch.compile (its compilation falls in the untimed first epoch)
-PATH_LABELS = {"device": "", "loader": " (host DataLoader)", "compiled": " (torch.compile)"}
+# the training loss through torch.compile (its compilation falls in the untimed first epoch), or
+# the authors' own MISVAE code (Lagergren-Lab/MixtureVAEs, imported from --authors-code)
+PATH_LABELS = {"device": "", "loader": " (host DataLoader)", "compiled": " (torch.compile)",
+               "authors": " (authors' MISVAE code)"}  # fmt: skip
 
 
 def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
@@ -40,6 +48,18 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
 
     from scmixvae.image.training import train
 
+    if args.data[0] == "authors":
+        from ._authors_misvae import time_authors_epochs
+
+        timed = time_authors_epochs(args.authors_code, spec.n_components, args.dataset,
+                                    args.epochs, args.subset)  # fmt: skip
+        return {
+            "model": spec.label + PATH_LABELS["authors"], "code": spec.code, "data": "authors",
+            "epoch_seconds": timed["epoch_seconds"],
+            "seconds_per_epoch": statistics.median(timed["epoch_seconds"][1:]),
+            "n_parameters": timed["n_parameters"], "compile_fallback": None,
+            "torch_threads": torch.get_num_threads(), "device": machine_description(),
+        }  # fmt: skip
     config = spec.image_config(
         architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
         warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
@@ -81,6 +101,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "DataLoader of scmixvae 0.2, or on the device with torch.compile; several are timed "
         "side by side",
     )  # fmt: skip
+    parser.add_argument(
+        "--authors-code", default=None, metavar="PATH",
+        help="a checkout of Lagergren-Lab/MixtureVAEs, for --data authors",
+    )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.command = command_line("benchmarks.image_cost", argv)
@@ -92,6 +116,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.child is not None:
         print(json.dumps(run_child(ModelSpec.parse(args.child), args)))
         return []
+    if "authors" in args.data:
+        if args.authors_code is None:
+            parser.error("--data authors needs --authors-code PATH (a MixtureVAEs checkout)")
+        from ._authors_misvae import authors_code_dir
+
+        authors_code_dir(args.authors_code)
+        if args.arch != "vanilla" or args.dataset == "binarized_mnist":
+            parser.error("--data authors times the vanilla MISVAE on mnist or fashion_mnist")
+        if any(s.shared_encoder or s.n_sampled_components or s.objective != specs[0].objective
+               for s in specs):  # fmt: skip
+            parser.error("--data authors: the authors' MISVAE has stratified S only (S1, S5, ...)")
     if specs[0].code != "S1":
         parser.error("the first model must be S1: every ratio is to it")
 
@@ -101,6 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cmd = [sys.executable, "-m", "benchmarks.image_cost", "--child", spec.code,
                    "--arch", args.arch, "--dataset", args.dataset,
                    "--epochs", str(args.epochs), "--data", data]  # fmt: skip
+            if args.authors_code:
+                cmd += ["--authors-code", str(args.authors_code)]
             if args.subset:
                 cmd += ["--subset", str(args.subset)]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,12 +167,16 @@ def summarise(runs: list[dict], specs: list[ModelSpec], data=None) -> list[dict]
             "seconds_per_epoch": min(r["seconds_per_epoch"] for r in mine),
             "repeat_seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
         })  # fmt: skip
+    authors = {r["code"]: r["seconds_per_epoch"] for r in rows if r.get("data") == "authors"}
     for row in rows:
         row["time_vs_s1"] = row["seconds_per_epoch"] / rows[0]["seconds_per_epoch"]
+        if row["code"] in authors:
+            row["time_vs_authors"] = row["seconds_per_epoch"] / authors[row["code"]]
     return rows
 
 
 def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    vs_authors = any("time_vs_authors" in r for r in rows)
     return [
         f"# Image VAE ({args.arch}, {args.dataset}): seconds per training epoch",
         "",
@@ -146,12 +187,27 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
         "",
         f"Command: `{args.command}`",
         "",
-        "| model | parameters | s / epoch | time vs S=1 | repeats (s) |",
-        "|---|---|---|---|---|",
+        "| model | parameters | s / epoch | time vs S=1 | "
+        + ("time vs the authors' code, same S | " if vs_authors else "")
+        + "repeats (s) |",
+        "|---|---|---|---|---|" + ("---|" if vs_authors else ""),
         *(
             f"| {r['model']} | {r['n_parameters']:,} | {r['seconds_per_epoch']:.2f} | "
-            f"{r['time_vs_s1']:.2f}x | {_seconds(r['repeat_seconds_per_epoch'])} |"
+            f"{r['time_vs_s1']:.2f}x | "
+            + (f"{r['time_vs_authors']:.2f}x | " if "time_vs_authors" in r else "")
+            + ("– | " if vs_authors and "time_vs_authors" not in r else "")
+            + f"{_seconds(r['repeat_seconds_per_epoch'])} |"
             for r in rows
+        ),
+        *(
+            [
+                "",
+                "The authors' code: Lagergren-Lab/MixtureVAEs (`mnist_train.trainer` and "
+                "`models.misvae.MISVAE`, run unmodified from the checkout given to "
+                "`--authors-code`, on the same images; see `benchmarks/_authors_misvae.py`).",
+            ]
+            if vs_authors
+            else []
         ),
         *(
             f"\n{r['model']}: torch.compile failed ({r['compile_fallback']}); timed uncompiled."

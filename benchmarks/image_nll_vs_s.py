@@ -39,6 +39,7 @@ from scmixvae.image.training import ImageTrainConfig, evaluate, train
 from scmixvae.io import atomic_path
 
 from ._models import ModelSpec
+from ._paired import paired_difference
 from ._report import command_line, machine_description, write_report
 
 HERE = Path(__file__).parent
@@ -283,8 +284,6 @@ def _paired_with_first(rows: list[dict], codes: list[str]) -> list[dict]:
     Empty when no model has two seeds. A difference is taken only over seeds both models ran;
     ``p`` is the two-sided paired t-test over them (``None`` below three seeds).
     """
-    from scipy.stats import ttest_1samp
-
     nll = {(r["code"], r["seed"]): r["test_nll_mixture"] for r in rows}
     if max((sum(c == code for c, _ in nll) for code in codes), default=0) < 2:
         return []
@@ -302,12 +301,13 @@ def _paired_with_first(rows: list[dict], codes: list[str]) -> list[dict]:
                   "p": None}  # fmt: skip
         both = [s for s in seeds if (first, s) in nll]
         if code != first and both:
-            diff = np.array([nll[(code, s)] - nll[(first, s)] for s in both])
+            own, other = [nll[(code, s)] for s in both], [nll[(first, s)] for s in both]
+            paired = paired_difference(own, other, lower_better=True)
             record.update(
-                minus_first=float(diff.mean()),
-                minus_first_std=float(diff.std()),
-                seeds_lower=f"{int(np.sum(diff < 0))}/{len(both)}",
-                p=float(ttest_1samp(diff, 0.0).pvalue) if len(both) > 2 else None,
+                minus_first=paired["minus"],
+                minus_first_std=paired["minus_std"],
+                seeds_lower=paired["better"],
+                p=paired["p"] if len(both) > 2 else None,
             )
         out.append(record)
     return out

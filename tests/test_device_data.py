@@ -78,8 +78,71 @@ def test_dense_size_counts_every_registered_field(adata):
     assert device_data.free_memory_bytes(torch.device("cpu")) > 0
 
 
-def test_mixscanvi_refuses_device_data_and_names_why(adata):
-    base = _train(adata)
+def _train_scanvi(base: MixSCVI, **kwargs) -> MixSCANVI:
+    scvi.settings.seed = 0
     model = MixSCANVI.from_scvi_model(base, unlabeled_category="label_0")
-    with pytest.raises(ValueError, match="SemiSupervisedDataSplitter"):
-        model.train(max_epochs=1, device_data=True)
+    model.train(max_epochs=3, batch_size=64, accelerator="cpu", enable_progress_bar=False,
+                check_val_every_n_epoch=1, **kwargs)  # fmt: skip
+    return model
+
+
+def test_mixscanvi_device_data_keeps_the_split_and_trains_as_well(adata):
+    base = _train(adata)
+    host, resident = _train_scanvi(base), _train_scanvi(base, device_data=True)
+    np.testing.assert_array_equal(np.sort(host.train_indices), np.sort(resident.train_indices))
+    np.testing.assert_array_equal(
+        np.sort(host.validation_indices), np.sort(resident.validation_indices)
+    )
+    for key in ("elbo_validation", "validation_classification_loss"):
+        mine = resident.history[key][key].to_numpy(dtype=float)
+        theirs = host.history[key][key].to_numpy(dtype=float)
+        assert len(mine) == 3 and np.isfinite(mine).all()
+        assert abs(mine[-1] - theirs[-1]) < 0.1 * abs(theirs[-1]), key
+    # the classifier was trained on labelled batches: it predicts the known labels only
+    assert set(resident.predict()) <= {"label_1", "label_2"}
+
+
+def test_semisupervised_device_batches_pair_every_cell_with_labelled_cells(adata):
+    model = MixSCANVI.from_scvi_model(_train(adata), unlabeled_category="label_0")
+    kwargs = {"batch_size": 50, "accelerator": "cpu", "n_samples_per_label": 20}
+    splitter = device_data.device_backed_datamodule(model, kwargs)
+    assert kwargs == {"accelerator": "cpu", "n_samples_per_label": 20}  # the splitter's taken
+    splitter.setup()
+    x = torch.as_tensor(adata.X, dtype=torch.float32)
+    unlabelled = model.adata_manager.get_state_registry("labels")
+    code = list(unlabelled.categorical_mapping).index(unlabelled.unlabeled_category)
+
+    batches = splitter.train_dataloader()
+    pairs = list(batches)
+    assert len(pairs) == len(batches) == int(np.ceil(len(splitter.train_idx) / 50))
+    # the full batches run through every training cell once
+    full = torch.cat([p[0]["X"] for p in pairs])
+    assert torch.equal(full.sum(0), x[splitter.train_idx].sum(0))
+    assert full.shape[0] == len(splitter.train_idx)
+    # the labelled batches: only labelled cells, at most 20 of each label per epoch
+    first_epoch = torch.cat([p[1]["labels"] for p in pairs]).ravel()
+    assert (first_epoch != code).all()
+    drawn = batches.labelled
+    assert [int((first_epoch[: len(drawn)] == c).sum()) for c in first_epoch.unique()] == [20, 20]
+    batches.resample_labels()  # scvi-tools' SubSampleLabels callback, every epoch
+    assert not torch.equal(torch.sort(batches.labelled).values, torch.sort(drawn).values)
+
+    # without a subsample, every labelled training cell, in a fixed order for validation
+    whole = device_data.device_backed_datamodule(model, {"accelerator": "cpu"})
+    whole.setup()
+    n_labelled = int((model.adata.obs["labels"].iloc[whole.train_idx] != "label_0").sum())
+    assert len(whole.train_dataloader().labelled) == n_labelled
+    val = [p[0]["X"] for p in whole.val_dataloader()]
+    assert torch.equal(torch.cat(val), x[whole.val_idx])
+
+
+def test_mixscanvi_device_data_maps_an_unlabelled_query(adata):
+    reference = _train_scanvi(_train(adata))
+    query = scvi.data.synthetic_iid(batch_size=100, n_genes=40, n_labels=3)
+    query.obs["labels"] = "label_0"  # the reference's unlabelled category: nothing is known
+    MixSCANVI.prepare_query_anndata(query, reference)
+    mapped = MixSCANVI.load_query_data(query, reference)
+    mapped.train(max_epochs=2, batch_size=64, accelerator="cpu", enable_progress_bar=False,
+                 device_data=True, plan_kwargs={"weight_decay": 0.0})  # fmt: skip
+    assert np.isfinite(mapped.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)).all()
+    assert mapped.predict().shape == (query.n_obs,)

@@ -10,6 +10,7 @@ import re
 import warnings
 
 import scvi
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from packaging.specifiers import SpecifierSet
 from scvi.data import synthetic_iid
@@ -85,3 +86,15 @@ def test_view_anndata_setup_works_with_the_installed_rich(capsys):
     MixSCVI.setup_anndata(adata, batch_key="batch")
     MixSCVI(adata, n_components=2).view_anndata_setup()
     assert "batch" in capsys.readouterr().out
+
+
+def test_training_device_resolves_as_scvi_tools_device_backed_splitter():
+    from scvi.dataloaders import DeviceBackedDataSplitter
+
+    adata = synthetic_iid(batch_size=20, n_genes=10)
+    MixSCVI.setup_anndata(adata)
+    manager = MixSCVI(adata).adata_manager
+    for accelerator, device in (("cpu", "auto"), ("auto", "auto"), ("cpu", 1)):
+        theirs = DeviceBackedDataSplitter(manager, accelerator=accelerator, device=device).device
+        assert _compat.training_device(accelerator, device) == theirs
+        assert isinstance(theirs, torch.device)

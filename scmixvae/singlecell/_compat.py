@@ -136,6 +136,14 @@ def with_label_subsampling(callbacks: list, n_samples_per_label: float | None) -
     return [*callbacks, SubSampleLabels()]
 
 
+def training_device(accelerator: str, device):
+    """The torch device Lightning will train on, resolved as scvi-tools' own
+    ``DeviceBackedDataSplitter`` resolves it (``scvi.model._utils.parse_device_args``)."""
+    from scvi.model._utils import parse_device_args
+
+    return parse_device_args(accelerator=accelerator, devices=device, return_device="torch")[2]
+
+
 def minify_type(adata) -> str | None:
     """The minification of an AnnData (scvi-tools records it in ``.uns``), or ``None``."""
     return adata.uns.get(_ADATA_MINIFY_TYPE_UNS_KEY) if hasattr(adata, "uns") else None

@@ -1,11 +1,13 @@
-"""Counts resident on the training device: ``MixSCVI.train(device_data=True)``.
+"""Counts resident on the training device: ``MixSCVI.train(device_data=True)`` and MixSCANVI's.
 
 scvi-tools' default loader reads every minibatch from the AnnData on the host, densifies it and
 copies it to the device, once per training step; on a GPU that per-step work, not the
 arithmetic, bounds an epoch of a model of scVI's size. :class:`scvi.dataloaders.\
 DeviceBackedDataSplitter` copies the training and validation cells to the device once (dense)
 and serves minibatches by indexing there. This module builds it from ``train``'s arguments and
-refuses, before anything is copied, what it cannot do.
+refuses, before anything is copied, what it cannot do. MixSCANVI, whose training pairs every
+minibatch with one of labelled cells, gets the device-backed form of scvi-tools'
+semi-supervised splitter (:mod:`.device_semisupervised`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import os
 from pathlib import Path
 
 import torch
-from scvi.dataloaders import DeviceBackedDataSplitter
+from scvi.dataloaders import DeviceBackedDataSplitter, SemiSupervisedDataSplitter
+
+from . import _compat
+from .device_semisupervised import SemiSupervisedDeviceBackedDataSplitter
 
 # the splitter's own arguments, taken out of ``train``'s keyword arguments
 _SPLITTER_ARGS = ("train_size", "validation_size", "shuffle_set_split", "batch_size")
@@ -45,8 +50,15 @@ def dense_bytes(model) -> int:
     return n_cells * columns * 4
 
 
-def device_backed_datamodule(model, kwargs: dict) -> DeviceBackedDataSplitter:
-    """The :class:`~scvi.dataloaders.DeviceBackedDataSplitter` for ``model.train(**kwargs)``.
+def device_backed_datamodule(
+    model, kwargs: dict
+) -> DeviceBackedDataSplitter | SemiSupervisedDeviceBackedDataSplitter:
+    """The device-backed datamodule for ``model.train(**kwargs)``.
+
+    scvi-tools' :class:`~scvi.dataloaders.DeviceBackedDataSplitter` for a model trained on one
+    minibatch per step (MixSCVI); :class:`.SemiSupervisedDeviceBackedDataSplitter` for one
+    trained with labelled minibatches beside (MixSCANVI, whose ``train`` passes
+    ``n_samples_per_label`` in ``kwargs``).
 
     Takes the splitter's arguments (``train_size``, ``validation_size``, ``shuffle_set_split``,
     ``batch_size``, ``datasplitter_kwargs``) out of ``kwargs`` and leaves the trainer's.
@@ -77,13 +89,27 @@ def device_backed_datamodule(model, kwargs: dict) -> DeviceBackedDataSplitter:
     splitter_kwargs.setdefault("batch_size", 128)
     splitter_kwargs.update(kwargs.pop("datasplitter_kwargs", None) or {})
     kwargs.pop("load_sparse_tensor", None)
-    splitter = DeviceBackedDataSplitter(
-        model.adata_manager,
-        accelerator=kwargs.get("accelerator", "auto"),
-        device=_single_device(kwargs.get("devices", "auto")),
-        shuffle=True,  # the splitter's default keeps the cells in order every epoch
-        **splitter_kwargs,
+    accelerator, device = (
+        kwargs.get("accelerator", "auto"),
+        _single_device(kwargs.get("devices", "auto")),
     )
+    if issubclass(model._data_splitter_cls, SemiSupervisedDataSplitter):
+        # SCANVI.train's own default, which it passes to its splitter explicitly
+        splitter_kwargs.setdefault("train_size", 0.9)
+        splitter = SemiSupervisedDeviceBackedDataSplitter(
+            model.adata_manager,
+            device=_compat.training_device(accelerator, device),
+            n_samples_per_label=kwargs.get("n_samples_per_label"),
+            **splitter_kwargs,
+        )
+    else:
+        splitter = DeviceBackedDataSplitter(
+            model.adata_manager,
+            accelerator=accelerator,
+            device=device,
+            shuffle=True,  # the splitter's default keeps the cells in order every epoch
+            **splitter_kwargs,
+        )
     need, free = dense_bytes(model), free_memory_bytes(splitter.device)
     if need > MAX_SHARE_OF_FREE_MEMORY * free:
         n_cells, n_genes = model.adata.n_obs, model.adata.n_vars

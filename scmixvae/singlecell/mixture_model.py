@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scvi.data._constants import ADATA_MINIFY_TYPE
-from scvi.dataloaders import DataSplitter
 from scvi.module._constants import MODULE_KEYS
 
 from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
@@ -70,10 +69,12 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         training, restores the weights of the last complete epoch and raises
         :class:`~scmixvae.guards.TrainingDivergedError`.
 
-        ``device_data=True`` (MixSCVI) copies the training and validation cells to the
-        training device once, dense, and draws every minibatch there (scvi-tools'
-        :class:`~scvi.dataloaders.DeviceBackedDataSplitter`): no per-step read, densification
-        and host-to-device copy. It is for GPUs, where that copy bounds an epoch; it is refused
+        ``device_data=True`` copies the training and validation cells to the training device
+        once, dense, and draws every minibatch there (scvi-tools'
+        :class:`~scvi.dataloaders.DeviceBackedDataSplitter`; for MixSCANVI its labelled
+        minibatches too, with the device-backed form of scvi-tools' semi-supervised splitter in
+        :mod:`scmixvae.singlecell.device_semisupervised`): no per-step read, densification and
+        host-to-device copy. It is for GPUs, where that copy bounds an epoch; it is refused
         with a one-line error when the dense counts would take more than half of the device's
         free memory, with a ``datamodule``, ``load_sparse_tensor=True`` or ``strategy="ddp"``.
         The training/validation split is the host loader's (the same cells for the same seed);
@@ -90,12 +91,6 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
                 raise ValueError(
                     "with device_data=True pass train's arguments by keyword (max_epochs=..., "
                     "batch_size=...), so that the data options reach the device loader."
-                )
-            if self._data_splitter_cls is not DataSplitter:
-                raise ValueError(
-                    f"device_data=True is for MixSCVI; {type(self).__name__} trains with "
-                    f"{self._data_splitter_cls.__name__} (labelled cells drawn per label), "
-                    "which scvi-tools has no device-backed form of: train without device_data."
                 )
             kwargs["datamodule"] = device_backed_datamodule(self, kwargs)
         guard = NonFiniteLossGuard()
