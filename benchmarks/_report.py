@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,35 @@ def machine_description() -> str:
 def command_line(module: str, argv: list[str] | None) -> str:
     """The shell command that ran ``module`` with ``argv`` (``None``: this process's arguments)."""
     return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+class LoadMonitor:
+    """The highest 1-minute load average of the machine while a block runs, sampled every
+    ``every`` seconds from a background thread.
+
+    A timing taken while the load stayed near the job's own thread count ran alone; a higher
+    peak means other work shared the cores and the time is not a clean one.
+    """
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every = every
+        self.peak = 0.0
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, os.getloadavg()[0])
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> LoadMonitor:
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

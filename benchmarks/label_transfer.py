@@ -60,7 +60,7 @@ from scmixvae.uncertainty import (
 
 from ._label_report import write_dataset_report, write_summary
 from ._models import ModelSpec
-from ._report import command_line, machine_description
+from ._report import LoadMonitor, command_line, machine_description
 from .integration import simulate_technical_batch
 
 RESULTS = Path(__file__).parent / "results"
@@ -314,12 +314,16 @@ def run_dataset(dataset: str, args, argv) -> list[dict]:
                     continue
                 split = split or split_cells(adata, task, seed, args)
                 print(f"{dataset} task {task} seed {seed}: {family}", flush=True)
-                if family == "logistic":
-                    new = run_logistic(split, codes, args)
-                else:
-                    new = run_reference_family(ModelSpec.parse(family), split, seed, codes, args)
+                with LoadMonitor() as load:
+                    if family == "logistic":
+                        new = run_logistic(split, codes, args)
+                    else:
+                        spec = ModelSpec.parse(family)
+                        new = run_reference_family(spec, split, seed, codes, args)
+                threads = torch.get_num_threads()
                 for row in new:
-                    row.update(task=task, seed=seed, family=family, unseen=split["unseen"])
+                    row.update(task=task, seed=seed, family=family, unseen=split["unseen"],
+                               peak_load=load.peak, torch_threads=threads)  # fmt: skip
                 rows += new
                 save_rows(dataset, rows, args, argv)
     return rows
