@@ -29,6 +29,7 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
         for key in ("unseen_auroc[1-confidence]", "unseen_auroc[entropy]", "ece", "accuracy"):
             assert np.isfinite(row[key]), (method, key)
         assert 0 <= row["unseen_flagged"] <= 1 and row["unseen"] == payload["rows"][0]["unseen"]
+        assert row["peak_load"] > 0 and row["torch_threads"] >= 1  # to tell clean timings
     # only a mixture has components that can disagree
     assert "unseen_auroc[disagreement]" in rows["MixSCANVI(S=2)"]
     assert "unseen_auroc[disagreement]" not in rows["SCANVI"]
@@ -47,3 +48,38 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
     label_transfer.main([*ARGS, "--out", str(tmp_path), "--resume"])
     with pytest.raises(SystemExit, match="other settings"):
         label_transfer.main([*ARGS, "--out", str(tmp_path), "--resume", "--draws", "3"])
+    with pytest.raises(SystemExit, match="use it with --resume"):
+        label_transfer.main([*ARGS, "--out", str(tmp_path), "--redo"])
+
+    # --redo runs the selected rows again (seed 1 of S2 and logistic), and only those
+    ran = []
+
+    def again(family):
+        def run(*args):
+            ran.append(family)
+            return [dict(r) for r in payload["rows"] if (r["seed"], r["family"]) == (1, family)]
+
+        return run
+
+    monkeypatch.setattr(label_transfer, "run_reference_family", again("S2"))
+    monkeypatch.setattr(label_transfer, "run_logistic", again("logistic"))
+    redo = ["--datasets", "sorted_pbmc", "--tasks", "B_small", "--seeds", "1", "--models", "S2",
+            "--logistic", *ARGS[ARGS.index("--max-epochs"):]]  # fmt: skip
+    label_transfer.main([*redo, "--out", str(tmp_path), "--resume", "--redo"])
+    assert ran == ["S2", "logistic"]
+    after = json.loads((tmp_path / "label_transfer_sorted_pbmc.json").read_text())["rows"]
+    assert sorted(r["method"] for r in after) == sorted(r["method"] for r in payload["rows"])
+
+
+def test_a_time_is_clean_only_when_the_load_stayed_at_the_runs_own_threads():
+    import pandas as pd
+
+    from benchmarks._label_report import ran_alone
+    from benchmarks._report import LoadMonitor
+
+    with LoadMonitor(every=0.01) as load:
+        sum(range(10**5))
+    assert load.peak > 0
+    frame = pd.DataFrame({"peak_load": [2.1, 3.4, np.nan], "torch_threads": [2, 2, 2]})
+    assert ran_alone(frame).tolist() == [True, False, False]
+    assert not ran_alone(pd.DataFrame({"seed": [0]})).any()  # rows from before the record
