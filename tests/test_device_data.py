@@ -134,6 +134,12 @@ def test_semisupervised_device_batches_pair_every_cell_with_labelled_cells(adata
     assert len(whole.train_dataloader().labelled) == n_labelled
     val = [p[0]["X"] for p in whole.val_dataloader()]
     assert torch.equal(torch.cat(val), x[whole.val_idx])
+    # the host splitter's drop_last leaves out the short last training batch here too
+    kwargs = {"accelerator": "cpu", "batch_size": 50, "datasplitter_kwargs": {"drop_last": True}}
+    dropping = device_data.device_backed_datamodule(model, kwargs)
+    dropping.setup()
+    sizes = [p[0]["X"].shape[0] for p in dropping.train_dataloader()]
+    assert sizes == [50] * (len(dropping.train_idx) // 50)
 
 
 def test_mixscanvi_device_data_maps_an_unlabelled_query(adata):

@@ -42,6 +42,8 @@ class SemiSupervisedDeviceBatches:
     n_samples_per_label
         Up to this many cells of each label per pass, drawn again by :meth:`resample_labels`
         (scvi-tools' ``SubSampleLabels`` callback calls it at every epoch start); ``None``: all.
+    drop_last
+        Leave out the last ``full`` minibatch when it is smaller than ``batch_size``.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class SemiSupervisedDeviceBatches:
         batch_size: int,
         shuffle: bool,
         n_samples_per_label: int | None = None,
+        drop_last: bool = False,
     ) -> None:
         self.tensors = tensors
         self.per_label = per_label
@@ -58,6 +61,9 @@ class SemiSupervisedDeviceBatches:
         self.shuffle = shuffle
         self.n_samples_per_label = n_samples_per_label
         self.n_cells = next(iter(tensors.values())).shape[0]
+        self.n_batches = (
+            self.n_cells // batch_size if drop_last else math.ceil(self.n_cells / batch_size)
+        )
         self.resample_labels()
 
     def resample_labels(self) -> None:
@@ -84,18 +90,19 @@ class SemiSupervisedDeviceBatches:
         return {key: value[positions] for key, value in self.tensors.items()}
 
     def __len__(self) -> int:
-        return math.ceil(self.n_cells / self.batch_size)
+        return self.n_batches
 
     def __iter__(self) -> Iterator[Tensors | list[Tensors]]:
         size = self.batch_size
         order = self._order(self.n_cells)
+        starts = range(0, self.n_batches * size, size)
         if self.labelled is None:
-            for start in range(0, self.n_cells, size):
+            for start in starts:
                 yield self._take(order[start : start + size])
             return
         labelled = self.labelled[self._order(len(self.labelled))]
         n_labelled_batches = math.ceil(len(labelled) / size)
-        for step, start in enumerate(range(0, self.n_cells, size)):
+        for step, start in enumerate(starts):
             first = (step % n_labelled_batches) * size
             yield [
                 self._take(order[start : start + size]),
@@ -116,11 +123,13 @@ class SemiSupervisedDeviceBackedDataSplitter(SemiSupervisedDataSplitter):
         Cells per minibatch.
     **kwargs
         :class:`~scvi.dataloaders.SemiSupervisedDataSplitter`'s arguments (``train_size``,
-        ``validation_size``, ``shuffle_set_split``, ``n_samples_per_label``, ...).
+        ``validation_size``, ``shuffle_set_split``, ``n_samples_per_label``, ``drop_last``).
+        Options of the host ``DataLoader`` (workers, pinned memory) have nothing to act on.
     """
 
     def __init__(self, adata_manager, device: torch.device, batch_size: int = 128, **kwargs):
-        super().__init__(adata_manager, **kwargs)
+        # the batch size goes to the parent too: its split avoids a last batch of one cell
+        super().__init__(adata_manager, batch_size=batch_size, **kwargs)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self._resident: dict[str, tuple[Tensors, list[torch.Tensor]] | None] = {}
@@ -148,17 +157,19 @@ class SemiSupervisedDeviceBackedDataSplitter(SemiSupervisedDataSplitter):
         ]
         return tensors, per_label
 
-    def _batches(self, name: str, shuffle: bool) -> SemiSupervisedDeviceBatches | None:
+    def _batches(
+        self, name: str, shuffle: bool, drop_last: bool = False
+    ) -> SemiSupervisedDeviceBatches | None:
         resident = self._resident.get(name)
         if resident is None:
             return None
         tensors, per_label = resident
         return SemiSupervisedDeviceBatches(tensors, per_label, self.batch_size, shuffle,
-                                           self.n_samples_per_label)  # fmt: skip
+                                           self.n_samples_per_label, drop_last)  # fmt: skip
 
     def train_dataloader(self) -> SemiSupervisedDeviceBatches | None:
         """The training pairs, in a new order every epoch."""
-        return self._batches("train", shuffle=True)
+        return self._batches("train", shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> SemiSupervisedDeviceBatches | None:
         """The validation pairs, in a fixed order (as the host splitter)."""
