@@ -48,34 +48,32 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
 
     from scmixvae.image.training import train
 
-    if args.data[0] == "authors":
+    path = args.data[0]
+    if path == "authors":
         from ._authors_misvae import time_authors_epochs
 
         timed = time_authors_epochs(args.authors_code, spec.n_components, args.dataset,
                                     args.epochs, args.subset)  # fmt: skip
-        return {
-            "model": spec.label + PATH_LABELS["authors"], "code": spec.code, "data": "authors",
-            "epoch_seconds": timed["epoch_seconds"],
-            "seconds_per_epoch": statistics.median(timed["epoch_seconds"][1:]),
-            "n_parameters": timed["n_parameters"], "compile_fallback": None,
-            "torch_threads": torch.get_num_threads(), "device": machine_description(),
-        }  # fmt: skip
-    config = spec.image_config(
-        architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
-        warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
-        device_data=args.data[0] != "loader", compile=args.data[0] == "compiled",
-    )  # fmt: skip
-    timer = EpochTimer()
-    with tempfile.TemporaryDirectory() as run:
-        summary = train(config, run, progress_bar=False, callbacks=[timer])
+        seconds, n_parameters, fallback = timed["epoch_seconds"], timed["n_parameters"], None
+    else:
+        config = spec.image_config(
+            architecture=args.arch, dataset=args.dataset, epochs=args.epochs,
+            warmup_epochs=args.epochs, patience=args.epochs, subset=args.subset,
+            device_data=path != "loader", compile=path == "compiled",
+        )  # fmt: skip
+        timer = EpochTimer()
+        with tempfile.TemporaryDirectory() as run:
+            summary = train(config, run, progress_bar=False, callbacks=[timer])
+        seconds, n_parameters = timer.seconds, summary["n_parameters"]
+        fallback = summary["compile_fallback"]
     return {
-        "model": spec.label + PATH_LABELS[args.data[0]],
+        "model": spec.label + PATH_LABELS[path],
         "code": spec.code,
-        "data": args.data[0],
-        "epoch_seconds": timer.seconds,
-        "seconds_per_epoch": statistics.median(timer.seconds[1:]),
-        "n_parameters": summary["n_parameters"],
-        "compile_fallback": summary["compile_fallback"],
+        "data": path,
+        "epoch_seconds": seconds,
+        "seconds_per_epoch": statistics.median(seconds[1:]),
+        "n_parameters": n_parameters,
+        "compile_fallback": fallback,
         "torch_threads": torch.get_num_threads(),
         "device": machine_description(),
     }
@@ -83,6 +81,11 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
 
 def _seconds(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _versus_authors(row: dict) -> str:
+    """The report's cell of the ratio to the authors' code (``–`` where S has no such run)."""
+    return f"{row['time_vs_authors']:.2f}x | " if "time_vs_authors" in row else "– | "
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -194,8 +197,7 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
         *(
             f"| {r['model']} | {r['n_parameters']:,} | {r['seconds_per_epoch']:.2f} | "
             f"{r['time_vs_s1']:.2f}x | "
-            + (f"{r['time_vs_authors']:.2f}x | " if "time_vs_authors" in r else "")
-            + ("– | " if vs_authors and "time_vs_authors" not in r else "")
+            + (_versus_authors(r) if vs_authors else "")
             + f"{_seconds(r['repeat_seconds_per_epoch'])} |"
             for r in rows
         ),

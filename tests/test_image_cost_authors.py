@@ -66,13 +66,17 @@ def test_times_the_training_part_of_each_epoch(checkout):
     assert timed["n_parameters"] == 784 * 3 * 40 + 3 * 40
 
 
-def test_refusals(checkout, tmp_path):
+def test_refusals(checkout, tmp_path, capsys):
     with pytest.raises(SystemExit, match="expected a checkout of Lagergren-Lab/MixtureVAEs"):
         _authors_misvae.authors_code_dir(tmp_path / "elsewhere")
-    with pytest.raises(SystemExit):  # argparse: --authors-code missing
-        image_cost_main(["--models", "S1", "S5", "--data", "authors"])
     common = ["--data", "authors", "--authors-code", str(checkout)]
-    with pytest.raises(SystemExit):  # shared encoder: not in the authors' code
-        image_cost_main(["--models", "S1", "S5:shared:A1", *common])
-    with pytest.raises(SystemExit):
-        image_cost_main(["--models", "S1", "--arch", "composite", *common])
+    refused = {
+        "needs --authors-code PATH": ["--models", "S1", "S5", "--data", "authors"],
+        "stratified S only": ["--models", "S1", "S5:shared:A1", *common],
+        "vanilla MISVAE on mnist or fashion_mnist": ["--models", "S1", "--arch", "composite",
+                                                     *common],
+    }  # fmt: skip
+    for message, argv in refused.items():
+        with pytest.raises(SystemExit):  # argparse's error, before anything runs
+            image_cost_main(argv)
+        assert message in capsys.readouterr().err

@@ -51,7 +51,14 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
     with pytest.raises(SystemExit, match="use it with --resume"):
         label_transfer.main([*ARGS, "--out", str(tmp_path), "--redo"])
 
-    # --redo runs the selected rows again (seed 1 of S2 and logistic), and only those
+    # --redo runs again the selected rows (seed 1 of S2 and logistic) that an earlier version
+    # of the benchmark stored (no load record), and only those
+    stored = tmp_path / "label_transfer_sorted_pbmc.json"
+    old = json.loads(stored.read_text())
+    for row in old["rows"]:
+        if row["seed"] == 1:
+            del row["peak_load"]
+    stored.write_text(json.dumps(old))
     ran = []
 
     def again(family):
@@ -67,8 +74,12 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
             "--logistic", *ARGS[ARGS.index("--max-epochs"):]]  # fmt: skip
     label_transfer.main([*redo, "--out", str(tmp_path), "--resume", "--redo"])
     assert ran == ["S2", "logistic"]
-    after = json.loads((tmp_path / "label_transfer_sorted_pbmc.json").read_text())["rows"]
+    after = json.loads(stored.read_text())["rows"]
     assert sorted(r["method"] for r in after) == sorted(r["method"] for r in payload["rows"])
+    # the unselected family's old rows are kept as they were
+    assert {(r["seed"], r["family"]) for r in after if "peak_load" not in r} == {(1, "scvi")}
+    label_transfer.main([*redo, "--out", str(tmp_path), "--resume", "--redo"])
+    assert ran == ["S2", "logistic"]  # the same command again: nothing left to redo
 
 
 def test_a_time_is_clean_only_when_the_load_stayed_at_the_runs_own_threads():
