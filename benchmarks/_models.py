@@ -5,8 +5,12 @@ A model is written on the command line as ``scvi[:L<n>]`` or ``S<n>[:<option>...
 (components sampled per step), ``H<n>`` (the shared encoder's earlier layout, with a coded
 head of ``n`` units; results up to commit cb8f48b used ``H64``), ``L<n>`` (``n_layers``
 hidden layers in the encoder *and* the decoder, as scvi-tools' ``n_layers``) and ``D`` (trained
-with the counts resident on the device, ``train(device_data=True)``): ``S5``,
-``S5:ensemble``, ``S50:shared:A1``, ``S50:shared:A1:H64``, ``scvi:L2``, ``S5:D``.
+with the counts resident on the device, ``train(device_data=True)``), and the cookbook's other
+recipes: ``vamp[<K>]`` / ``mog[<K>]`` (the latent prior, ``K`` components, default 5) and
+``F<n>`` (``n`` latent flow steps): ``S5``, ``S5:ensemble``, ``S50:shared:A1``,
+``S50:shared:A1:H64``, ``scvi:L2``, ``S5:D``, ``S5:vamp``, ``S1:vamp50:F2``. ``sysvi`` is
+scvi-tools' ``SysVI(prior="vamp")`` with its documented defaults (5 pseudo-inputs, its own
+training plan and cycle-consistency weight), on log-normalised counts as it expects.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ REFERENCE = "SCVI"
 class ModelSpec:
     """SCVI, or MixSCVI with ``S`` components, an objective, an encoder kind and ``A``."""
 
-    kind: str  # "scvi" or "mixscvi"
+    kind: str  # "scvi", "sysvi" or "mixscvi"
     n_components: int = 1
     objective: str = DEFAULT_OBJECTIVE
     shared_encoder: bool = False
@@ -34,6 +38,9 @@ class ModelSpec:
     n_head_hidden: int | None = None
     n_layers: int = 1
     device_data: bool = False
+    prior: str = "standard_normal"
+    n_prior_components: int | None = None
+    flow_steps: int = 0
 
     def _settings(self, equals: str) -> list[str]:
         parts = [f"S{equals}{self.n_components}"]
@@ -48,6 +55,14 @@ class ModelSpec:
             parts.append(f"head={head}" if equals else f"H{head}")
         if self.n_layers != 1:
             parts.append(f"n_layers={self.n_layers}" if equals else f"L{self.n_layers}")
+        if self.prior != "standard_normal":
+            k = "" if self.n_prior_components is None else str(self.n_prior_components)
+            if equals:
+                parts.append(f"prior={self.prior}" + (f" K={k}" if k else ""))
+            else:
+                parts.append(f"{self.prior}{k}")
+        if self.flow_steps:
+            parts.append(f"flow={self.flow_steps}" if equals else f"F{self.flow_steps}")
         if self.device_data:
             parts.append("device data" if equals else "D")
         return parts
@@ -70,6 +85,8 @@ class ModelSpec:
             and self.n_head_hidden is None
             and self.n_layers == 1
             and not self.device_data  # image training data are always on the device
+            and self.prior == "standard_normal"  # image priors are chosen by architecture
+            and self.flow_steps == 0
         )
 
     @property
@@ -82,6 +99,8 @@ class ModelSpec:
         """Row label, e.g. ``MixSCVI(S=50, shared, A=1)``; earlier results used the same."""
         if self.kind == "scvi":
             return REFERENCE if self.is_reference else f"SCVI(n_layers={self.n_layers})"
+        if self.kind == "sysvi":
+            return "SysVI(prior=vamp)"
         return f"MixSCVI({self.label})"
 
     @property
@@ -89,12 +108,18 @@ class ModelSpec:
         """The command-line spelling (inverse of :meth:`parse`)."""
         if self.kind == "scvi":
             return "scvi" if self.is_reference else f"scvi:L{self.n_layers}"
+        if self.kind == "sysvi":
+            return "sysvi"
         return ":".join(self._settings(""))
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         """``scvi``, ``scvi:L2``, ``S5``, ``S5:ensemble``, ``S50:shared:A1``, ..."""
         head, *options = text.split(":")
+        if head.lower() == "sysvi":
+            if options:
+                raise ValueError(f"model {text!r}: SysVI takes no options.")
+            return cls("sysvi", prior="vamp")
         if head.lower() == "scvi":
             if len(options) > 1 or not all(re.fullmatch(r"L[1-9]\d*", o) for o in options):
                 raise ValueError(f"model {text!r}: SCVI takes only the option L<n> (n_layers).")
@@ -116,6 +141,12 @@ class ModelSpec:
                 fields["n_layers"] = int(option[1:])
             elif option == "D":
                 fields["device_data"] = True
+            elif match := re.fullmatch(r"(vamp|mog)(\d*)", option):
+                fields["prior"] = match.group(1)
+                if match.group(2):
+                    fields["n_prior_components"] = int(match.group(2))
+            elif re.fullmatch(r"F[1-9]\d*", option):
+                fields["flow_steps"] = int(option[1:])
             else:
                 raise ValueError(f"model {text!r}: unknown option {option!r}.")
         if "n_head_hidden" in fields and not fields.get("shared_encoder"):
@@ -137,12 +168,19 @@ class ModelSpec:
             **training,
         )
 
-    def build(self, adata, layer: str | None = None, **setup):
-        """Register ``adata`` and return the untrained model with the benchmark architecture."""
+    def build(self, adata, layer: str | None = None, pseudo_input_cells=None, **setup):
+        """Register ``adata`` and return the untrained model with the benchmark architecture.
+
+        ``pseudo_input_cells``: cells a VampPrior's pseudo-inputs may start from (the training
+        cells, so that no held-out cell enters the model); ``K`` of them are drawn with the
+        seed of scvi-tools' settings.
+        """
         import scvi
 
         from scmixvae import MixSCVI
 
+        if self.kind == "sysvi":
+            return _sysvi(adata, layer, **setup)
         cls = scvi.model.SCVI if self.kind == "scvi" else MixSCVI
         cls.setup_anndata(adata, layer=layer, **setup)
         if self.kind == "scvi":
@@ -155,5 +193,49 @@ class ModelSpec:
             n_sampled_components=self.n_sampled_components,
             **({} if self.n_head_hidden is None else {"n_head_hidden": self.n_head_hidden}),
             n_layers=self.n_layers,
+            **self.recipe_kwargs,
+            **self._pseudo_input_kwargs(pseudo_input_cells),
             **ARCHITECTURE,
         )
+
+    def _pseudo_input_kwargs(self, cells) -> dict:
+        if self.prior != "vamp" or cells is None:
+            return {}
+        import numpy as np
+        import torch
+
+        k = self.n_prior_components or 5  # MixSCVI's default K
+        rng = np.random.default_rng(torch.initial_seed())
+        chosen = np.sort(rng.choice(np.asarray(cells), size=k, replace=False))
+        return {"pseudoinputs_data_indices": chosen}
+
+    @property
+    def recipe_kwargs(self) -> dict:
+        """The prior and flow arguments of MixSCVI (none for the default recipe)."""
+        out: dict = {}
+        if self.prior != "standard_normal":
+            out["prior"] = self.prior
+            if self.n_prior_components is not None:
+                out["n_prior_components"] = self.n_prior_components
+        if self.flow_steps:
+            out["flow_steps"] = self.flow_steps
+        return out
+
+
+def _sysvi(adata, layer: str | None, batch_key: str | None = None, **setup):
+    """scvi-tools' SysVI with its defaults (VampPrior, 5 pseudo-inputs) and the benchmark's
+    latent size, on log-normalised counts (its Gaussian likelihood expects them); without a
+    batch column every cell is one system."""
+    import scanpy as sc
+    from scvi.external import SysVI
+
+    counts = adata.layers[layer] if layer else adata.X
+    normalised = sc.AnnData(counts.copy(), obs=adata.obs.copy(), var=adata.var.copy())
+    sc.pp.normalize_total(normalised, target_sum=1e4)
+    sc.pp.log1p(normalised)
+    adata.layers["sysvi_log_normalised"] = normalised.X
+    if batch_key is None:
+        batch_key = "sysvi_system"
+        adata.obs[batch_key] = "all"
+    SysVI.setup_anndata(adata, batch_key=batch_key, layer="sysvi_log_normalised", **setup)
+    return SysVI(adata, prior="vamp", n_latent=ARCHITECTURE["n_latent"])

@@ -170,7 +170,7 @@ def run_one(spec: ModelSpec, adata, split, seed: int, args) -> tuple[dict, objec
     """
     scvi.settings.seed = seed
     data = adata.copy()
-    model = spec.build(data, layer="counts")
+    model = spec.build(data, layer="counts", pseudo_input_cells=split[0])
     curve = None
     if spec.code in (args.curve_models or []):
         curve = HeldoutCurve(model, data, split[2], args.curve_every, args.curve_samples)

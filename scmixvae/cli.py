@@ -69,6 +69,20 @@ def _add_fit_parser(subparsers) -> None:
         help="responsibilities and divergence from the components' densities at their means "
         "(fast, no decoding) or by importance sampling (decodes S x 10 draws per cell)",
     )  # fmt: skip
+    p.add_argument(
+        "--prior", choices=["standard_normal", "vamp", "mog"], default="standard_normal",
+        help="the latent's prior: scVI's N(0, I), a VampPrior (pseudo-inputs through the "
+        "mixture encoder, started on random cells) or a learned Gaussian mixture",
+    )  # fmt: skip
+    p.add_argument(
+        "--n-prior-components", type=int, default=None, metavar="K",
+        help="pseudo-inputs of the VampPrior, or Gaussians of the mixture prior (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flow-steps", type=int, default=0,
+        help="steps of a latent flow shared by the components (0: none); with --prior vamp it "
+        "is the method's composite recipe",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--gene-likelihood", choices=["zinb", "nb", "poisson"], default="zinb")
@@ -93,9 +107,11 @@ class InputError(ValueError):
 
 def _check_fit_arguments(args: argparse.Namespace) -> None:
     """Refuse unusable arguments before anything slow is imported or read."""
-    for name in ("epochs", "n_components", "n_top_genes", "batch_size", "kl_warmup_epochs"):
+    names = ("epochs", "n_components", "n_top_genes", "batch_size", "kl_warmup_epochs",
+             "n_prior_components", "flow_steps")  # fmt: skip
+    for name in names:
         value = getattr(args, name)
-        minimum = 0 if name == "kl_warmup_epochs" else 1
+        minimum = 0 if name in ("kl_warmup_epochs", "flow_steps") else 1
         if value is not None and value < minimum:
             flag = "--" + name.replace("_", "-")
             raise InputError(f"{flag} must be at least {minimum}, got {value}.")
@@ -177,6 +193,9 @@ def _fit(args: argparse.Namespace) -> int:
         max_epochs=args.epochs,
         shared_encoder=args.shared_encoder,
         n_sampled_components=args.n_sampled_components,
+        prior=args.prior,
+        n_prior_components=args.n_prior_components,
+        flow_steps=args.flow_steps,
         diagnostics=args.diagnostics,
         model_kwargs={"objective": args.objective, "n_latent": args.n_latent,
                       "gene_likelihood": args.gene_likelihood},

@@ -15,6 +15,9 @@ def mixscvi(
     n_components: int = 5,
     shared_encoder: bool = False,
     n_sampled_components: int | None = None,
+    prior: str = "standard_normal",
+    n_prior_components: int | None = None,
+    flow_steps: int = 0,
     layer: str | None = None,
     batch_key: str | None = None,
     labels_key: str | None = None,
@@ -42,6 +45,10 @@ def mixscvi(
         Amortize the components over one encoder (cheap large ``S``); see :class:`MixSCVI`.
     n_sampled_components
         Components each cell draws from per training step (``None``: all ``S``).
+    prior, n_prior_components, flow_steps
+        The latent prior (``"standard_normal"``, ``"vamp"``, ``"mog"``), its ``K`` and the
+        latent flow's steps; see :class:`MixSCVI` (``pseudoinputs_data_indices`` goes in
+        ``model_kwargs``).
     layer, batch_key, labels_key, categorical_covariate_keys, continuous_covariate_keys
         Passed to :meth:`MixSCVI.setup_anndata`.
     max_epochs
@@ -84,6 +91,9 @@ def mixscvi(
         n_components=n_components,
         shared_encoder=shared_encoder,
         n_sampled_components=n_sampled_components,
+        prior=prior,
+        n_prior_components=n_prior_components,
+        flow_steps=flow_steps,
         **(model_kwargs or {}),
     )
     model.train(max_epochs=max_epochs, **(train_kwargs or {}))

@@ -1,4 +1,6 @@
-"""Building blocks of the image VAEs: gated dense layers, IAF, masked (PixelCNN) convolutions."""
+"""Building blocks of the image VAEs: gated dense layers, masked (PixelCNN) convolutions.
+
+The latent flow and the priors are domain-free: :mod:`scmixvae.mixture`."""
 
 from __future__ import annotations
 
@@ -94,80 +96,6 @@ class CodedGaussianHead(nn.Module):
         loc = self.loc(h, per_component=True).movedim(-2, 0)
         scale = _scale_from_log_var(self.log_var(h, per_component=True)).movedim(-2, 0)
         return loc, scale
-
-
-# ---------------------------------------------------------------------------------------------
-# Inverse autoregressive flow
-
-
-class MaskedLinear(nn.Linear):
-    """Linear layer whose weight is multiplied by a fixed 0/1 mask (MADE)."""
-
-    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor):
-        super().__init__(n_in, n_out)
-        self.register_buffer("mask", mask.float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
-
-
-class MADE(nn.Module):
-    """Autoregressive network: output ``i`` depends on inputs ``< i`` only (Germain et al.)."""
-
-    def __init__(self, n_dim: int, n_hidden: int, n_out_per_dim: int = 2):
-        super().__init__()
-        self.n_dim, self.n_out_per_dim = n_dim, n_out_per_dim
-        degrees_in = torch.arange(1, n_dim + 1)
-        degrees_hidden = torch.arange(n_hidden) % max(1, n_dim - 1) + 1
-        mask_in = (degrees_hidden[:, None] >= degrees_in[None, :]).float()
-        degrees_out = degrees_in.repeat(n_out_per_dim)
-        mask_out = (degrees_out[:, None] > degrees_hidden[None, :]).float()
-        self.hidden = MaskedLinear(n_dim, n_hidden, mask_in)
-        self.out = MaskedLinear(n_hidden, n_dim * n_out_per_dim, mask_out)
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.out(F.elu(self.hidden(z)))
-        return out.chunk(self.n_out_per_dim, dim=-1)
-
-
-class IAFStep(nn.Module):
-    """One inverse-autoregressive-flow step ``z' = sigma(z) * z + (1 - sigma(z)) * m(z)``.
-
-    The numerically stable form of Kingma et al. (2016); ``log |det dz'/dz| = sum log sigma``.
-    """
-
-    def __init__(self, n_dim: int, n_hidden: int, reverse: bool):
-        super().__init__()
-        self.made = MADE(n_dim, n_hidden)
-        self.reverse = reverse
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.reverse:  # alternate the autoregressive order between steps
-            z = z.flip(-1)
-        m, s = self.made(z)
-        gate = torch.sigmoid(s + 1.5)  # start close to the identity
-        z_new = gate * z + (1 - gate) * m
-        log_det = torch.log(gate).sum(-1)
-        if self.reverse:
-            z_new = z_new.flip(-1)
-        return z_new, log_det
-
-
-class IAF(nn.Module):
-    """A stack of :class:`IAFStep`; returns the transformed draws and ``log |det J|``."""
-
-    def __init__(self, n_dim: int, n_steps: int = 2, n_hidden: int = 100):
-        super().__init__()
-        self.steps = nn.ModuleList(
-            IAFStep(n_dim, n_hidden, reverse=i % 2 == 1) for i in range(n_steps)
-        )
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_det = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
-        for step in self.steps:
-            z, step_log_det = step(z)
-            log_det = log_det + step_log_det
-        return z, log_det
 
 
 # ---------------------------------------------------------------------------------------------

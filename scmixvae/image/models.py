@@ -24,14 +24,15 @@ from torch.nn import functional as F
 
 from scmixvae.mixture import (
     DrawTerms,
+    LatentFlow,
     MixtureNormal,
-    gaussian_log_prob_matrix,
+    StandardNormalPrior,
+    VampPrior,
     mixture_densities,
     sample_components,
 )
 
 from .layers import (
-    IAF,
     CodedGatedDense,
     CodedGaussianHead,
     GatedDense,
@@ -142,47 +143,27 @@ class DenseDecoder(nn.Module):
         return self.net(code)
 
 
-class VampPrior(nn.Module):
-    r"""VampPrior :math:`p(z) = \frac{1}{SK} \sum_{s,k} q_s(z \mid u_k)` (Tomczak & Welling).
+def vamp_prior(encoder: nn.Module, n_pseudo_inputs: int) -> VampPrior:
+    """The VampPrior of :mod:`scmixvae.mixture.priors` over images: pseudo-inputs start near
+    blank pixels (as in the VampPrior code) and are clamped to ``[0, 1]`` before encoding."""
+    return VampPrior(
+        0.05 + 0.01 * torch.randn(n_pseudo_inputs, N_PIXELS),
+        encode=ClampedPixelEncoder(encoder),
+    )
 
-    ``K`` learned pseudo-inputs are passed through all ``S`` encoders, so the prior is itself a
-    mixture over pseudo-inputs and components.
+
+class ClampedPixelEncoder:
+    """``encode(u) = encoder(hardtanh(u, 0, 1))``: pseudo-inputs as pixel intensities.
+
+    A plain object holding the encoder, so the encoder is registered once (by the model) and a
+    deep copy of the model copies it with the model.
     """
 
-    def __init__(self, encoder: nn.Module, n_pseudo_inputs: int = 500):
-        super().__init__()
+    def __init__(self, encoder: nn.Module):
         self.encoder = encoder
-        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(n_pseudo_inputs, N_PIXELS))
 
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``z [..., D]`` -> ``[...]``."""
-        q = self.encoder(F.hardtanh(self.pseudo_inputs, 0.0, 1.0))
-        loc = q.component_loc.reshape(-1, z.shape[-1])
-        scale = q.component_scale.reshape(-1, z.shape[-1])
-        log_probs = gaussian_log_prob_matrix(z.reshape(-1, z.shape[-1]), loc, scale)
-        return (torch.logsumexp(log_probs, -1) - math.log(loc.shape[0])).view(z.shape[:-1])
-
-    def sample(self, n: int) -> torch.Tensor:
-        q = self.encoder(F.hardtanh(self.pseudo_inputs, 0.0, 1.0))
-        loc = q.component_loc.reshape(-1, q.component_loc.shape[-1])
-        scale = q.component_scale.reshape(-1, loc.shape[-1])
-        index = torch.randint(loc.shape[0], (n,), device=loc.device)
-        return loc[index] + scale[index] * torch.randn_like(loc[index])
-
-
-class StandardNormalPrior(nn.Module):
-    """The standard normal prior N(0, I)."""
-
-    def __init__(self, n_latent: int):
-        super().__init__()
-        self.n_latent = n_latent
-        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return Normal(0.0, 1.0).log_prob(z).sum(-1)
-
-    def sample(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.n_latent, device=self._device_anchor.device)
+    def __call__(self, pseudo_inputs: torch.Tensor) -> MixtureNormal:
+        return self.encoder(F.hardtanh(pseudo_inputs, 0.0, 1.0))
 
 
 class MixtureImageVAE(nn.Module):
@@ -258,7 +239,7 @@ class MixtureVAE(MixtureImageVAE):
             n_components, N_PIXELS, n_latent, n_hidden, shared=shared_encoder
         )
         self.prior = (
-            VampPrior(self.encoder, n_pseudo_inputs)
+            vamp_prior(self.encoder, n_pseudo_inputs)
             if prior == "vampprior"
             else StandardNormalPrior(n_latent)
         )
@@ -316,7 +297,8 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
     n_pseudo_inputs
         VampPrior's ``K``.
     flow_steps
-        IAF steps on ``z1`` (0: no flow).
+        Steps of the latent flow on ``z1`` (:class:`~scmixvae.mixture.LatentFlow`; 0: no
+        flow).
     decoder
         ``"dense"`` or ``"pixelcnn"``.
     pixelcnn_channels, pixelcnn_layers
@@ -356,12 +338,12 @@ class HierarchicalMixtureVAE(MixtureImageVAE):
             self.z1_from_z2 = StackedGatedDense(n_components, n_latent, n_hidden)
             self.z1_joint = StackedGatedDense(n_components, 2 * n_hidden, n_hidden)
             self.z1_head = StackedGaussianHead(n_components, n_hidden, n_latent)
-        self.prior_z2 = VampPrior(self.z2_encoder, n_pseudo_inputs)
+        self.prior_z2 = vamp_prior(self.z2_encoder, n_pseudo_inputs)
         self.prior_z1 = nn.Sequential(
             GatedDense(n_latent, n_hidden), GatedDense(n_hidden, n_hidden)
         )
         self.prior_z1_head = GaussianHead(n_hidden, n_latent)
-        self.flow = IAF(n_latent, n_steps=flow_steps) if flow_steps > 0 else None
+        self.flow = LatentFlow(n_latent, flow_steps) if flow_steps > 0 else None
         self.decoder = (
             PixelCNNDecoder(2 * n_latent, pixelcnn_channels, pixelcnn_layers)
             if decoder == "pixelcnn"

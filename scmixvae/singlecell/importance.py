@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from torch.distributions import Distribution, Normal
+from torch.distributions import Distribution
 
 from scmixvae.mixture import MixtureNormal
 
@@ -88,8 +88,3 @@ def importance_log_weights(
         tau = torch.logsumexp(log_w, 0) - np.log(log_w.shape[0])
         log_w = torch.clamp(log_w, min=tau)
     return (log_w - torch.logsumexp(log_w, 0)).exp().numpy()
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """:math:`\\log \\mathcal{N}(z; 0, I)` summed over the last axis."""
-    return Normal(0.0, 1.0).log_prob(z).sum(-1)

@@ -15,6 +15,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from scmixvae.mixture import (
+    FlowTransform,
     MixtureNormal,
     component_responsibilities,
     jsd,
@@ -25,7 +26,6 @@ from .importance import (
     importance_log_weights,
     likelihood_at_library,
     mixture_log_density_matrix,
-    standard_normal_log_prob,
 )
 
 DiagnosticMethod = Literal["means", "importance"]
@@ -154,21 +154,25 @@ class MixtureDiagnosticsMixin:
 
         With mixture posteriors it is the uniform mixture of every component of every cell
         (``n_cells * S`` Gaussians, or Student-t with ``dof`` degrees of freedom), used by
-        :meth:`differential_abundance`.
+        :meth:`differential_abundance`. With a latent flow it is that mixture pushed through
+        the flow (a :class:`~torch.distributions.TransformedDistribution`: its densities invert
+        the flow), in the space :meth:`get_latent_representation` returns.
         """
         self._check_if_trained(warn=False)
         indices = None if indices is None or len(indices) == 0 else indices
-        loc, var = self.get_latent_representation(
-            adata, indices=indices, batch_size=batch_size, component="all", return_dist=True
-        )
+        loc, var = self._base_components(adata, indices, batch_size)
         loc = torch.as_tensor(loc.reshape(-1, loc.shape[-1]), device=self.device)
         scale = torch.as_tensor(var.reshape(-1, var.shape[-1]), device=self.device).sqrt()
         dist = torch.distributions
         components = dist.Normal(loc, scale) if dof is None else dist.StudentT(dof, loc, scale)
-        return dist.MixtureSameFamily(
+        aggregated = dist.MixtureSameFamily(
             dist.Categorical(logits=torch.zeros(loc.shape[0], device=self.device)),
             dist.Independent(components, 1),
         )
+        if self.module.flow is None:
+            return aggregated
+        # the same flow maps every component: the aggregate is the base aggregate, flowed
+        return dist.TransformedDistribution(aggregated, [FlowTransform(self.module.flow)])
 
     @torch.inference_mode()
     def get_importance_weights(
@@ -187,7 +191,8 @@ class MixtureDiagnosticsMixin:
         """Importance weights of posterior draws, for ``weights="importance"`` in expression / DE.
 
         As :meth:`scvi.model.SCVI.get_importance_weights`, with each anchor cell's mixture
-        posterior as its proposal density (see :mod:`scmixvae.singlecell.importance`). ``qz``
+        posterior as its proposal density (see :mod:`scmixvae.singlecell.importance`), the
+        model's own prior for :math:`p(z)` and, with a latent flow, the flowed densities. ``qz``
         as scvi-tools collects it is not used: the anchors are re-encoded, cell-major.
         """
         if self.module.latent_distribution != "normal":
@@ -211,7 +216,11 @@ class MixtureDiagnosticsMixin:
             torch.cat([q.component_loc for q in anchor_qz], dim=1),
             torch.cat([q.component_scale for q in anchor_qz], dim=1),
         )
-        log_qz = mixture_log_density_matrix(anchor_mixture, z).cpu()
+        if self.module.flow is None:
+            log_qz = mixture_log_density_matrix(anchor_mixture, z).cpu()
+        else:  # every anchor's density of z = f(z0): at f^-1(z), less the log-determinant
+            z0, log_det = self.module.flow.inverse(z)
+            log_qz = (mixture_log_density_matrix(anchor_mixture, z0) - log_det[:, None]).cpu()
         log_px_z = []
         for tensors in self._make_data_loader(
             adata=adata, indices=indices[anchors], batch_size=1, **data_loader_kwargs
@@ -220,7 +229,7 @@ class MixtureDiagnosticsMixin:
             likelihood = likelihood_at_library(px, self.module.gene_likelihood, x_anchor.sum(-1))
             log_px_z.append(likelihood.log_prob(x_anchor).sum(-1).reshape(-1).cpu())
         return importance_log_weights(
-            standard_normal_log_prob(z).cpu(), torch.stack(log_px_z, dim=1), log_px, log_qz,
+            self.module.latent_log_prior(z).cpu(), torch.stack(log_px_z, dim=1), log_px, log_qz,
             truncation,
         )  # fmt: skip
 

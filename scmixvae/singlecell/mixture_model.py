@@ -29,7 +29,13 @@ from .arches import freeze_mixture_encoder_for_query
 from .device_data import device_backed_datamodule
 from .mixture_diagnostics import MixtureDiagnosticsMixin
 from .module import mixture_from_flat
-from .safety import atomic_save_dir, check_same_genes, check_shared_encoder_layout
+from .pseudo_inputs import restoring_weights
+from .safety import (
+    atomic_save_dir,
+    check_prior_state,
+    check_same_genes,
+    check_shared_encoder_layout,
+)
 from .validation import check_counts
 
 logger = logging.getLogger(__name__)
@@ -144,11 +150,13 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=False)
             check_shared_encoder_layout(saved, dir_path)
+            check_prior_state(saved, dir_path)
             if adata is not None:
                 check_same_genes(
                     saved["var_names"], adata.var_names, f"the model saved in {dir_path}"
                 )
-        return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
+        with restoring_weights():  # the saved state holds the learned pseudo-inputs
+            return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
 
     @classmethod
     def load_query_data(cls, adata: AnnData | None = None, reference_model=None, **kwargs):
@@ -160,14 +168,22 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         scArches updates: the new categories' weights (in the decoder, and in the encoders when
         the reference was trained with ``encode_covariates=True``) and the library encoder.
         The mixture's own encoder layers follow the same rules as scVI's.
+
+        The latent prior and flow are the reference's and stay frozen (unless ``unfrozen``):
+        a VampPrior's pseudo-inputs keep their reference batch covariates, so the query's
+        cells are mapped under the reference's prior.
         """
-        model = super().load_query_data(adata, reference_model, **kwargs)
+        with restoring_weights():
+            model = super().load_query_data(adata, reference_model, **kwargs)
         if not kwargs.get("unfrozen", False):
             freeze_mixture_encoder_for_query(
                 model.module.z_encoder,
                 freeze_expression=kwargs.get("freeze_expression", True),
                 freeze_batchnorm_encoder=kwargs.get("freeze_batchnorm_encoder", True),
             )
+            for part in (model.module.prior, model.module.flow):
+                for parameter in part.parameters() if part is not None else ():
+                    parameter.requires_grad_(False)
         return model
 
     def _check_if_trained(self, warn: bool = True, message: str | None = None):
@@ -203,7 +219,7 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         are component ``s``), then registered as scvi-tools does. The latent representation,
         normalised expression and differential expression then work without the counts.
         """
-        loc, var = self.get_latent_representation(component="all", return_dist=True)
+        loc, var = self._base_components()
         self.adata.obsm[use_latent_qzm_key] = loc.reshape(loc.shape[0], -1)
         self.adata.obsm[use_latent_qzv_key] = var.reshape(var.shape[0], -1)
         super().minify_adata(minified_data_type, use_latent_qzm_key, use_latent_qzv_key)
@@ -252,7 +268,7 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         dataloader: Iterator[dict[str, torch.Tensor]] | None = None,
         component: ComponentSelection = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Latent representation of each cell.
+        r"""Latent representation of each cell.
 
         Parameters
         ----------
@@ -273,24 +289,38 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         -------
         ``(n_cells, n_latent)`` (``(n_cells, S, n_latent)`` for ``component="all"``), or a
         ``(mean, variance)`` pair.
+
+        Notes
+        -----
+        With a latent flow (``flow_steps > 0``) the latent is :math:`z = f(z_0)`, ``z_0`` from
+        the mixture. The mean returned is then the flow applied to the mixture's mean,
+        :math:`f(\mathbb{E}[z_0])` (per component: :math:`f` of its mean), a deterministic
+        point in the space the decoder reads, not :math:`\mathbb{E}[z]` (which has no closed
+        form); draws (``give_mean=False``) are flowed draws. The variances are the base
+        mixture's, before the flow.
         """
         self._check_component(component)
-        transform = self.module._z_transformation
+        flow = self.module.flow_latent
+
+        def transform(z: torch.Tensor) -> torch.Tensor:
+            return self.module._z_transformation(flow(z))
+
         means, variances = [], []
         for _, qz in self._mixtures(adata, indices, batch_size, dataloader):
             if component is None:
-                mean, var = qz.loc, qz.variance
+                mean, var = flow(qz.loc), qz.variance
                 if self.module.latent_distribution == "ln" and give_mean and not return_dist:
                     mean = transform(qz.sample_mixture(mc_samples)).mean(0)
                 draw = transform(qz.sample_mixture(())) if not give_mean else None
             elif component == "all":
                 mean, var = (
-                    qz.component_loc.transpose(0, 1),
+                    flow(qz.component_loc).transpose(0, 1),
                     qz.component_scale.square().transpose(0, 1),
                 )
                 draw = transform(qz.rsample(()).transpose(0, 1)) if not give_mean else None
             else:
-                mean, var = qz.component_loc[component], qz.component_scale[component].square()
+                mean = flow(qz.component_loc[component])
+                var = qz.component_scale[component].square()
                 draw = transform(qz.component(component).sample()) if not give_mean else None
             means.append((mean if give_mean or return_dist else draw).cpu())
             variances.append(var.cpu())
@@ -298,6 +328,16 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         if return_dist:
             return mean, torch.cat(variances).numpy()
         return mean
+
+    def _base_components(
+        self, adata=None, indices=None, batch_size=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every component's mean and variance before any flow, ``(n_cells, S, n_latent)``."""
+        locs, variances = [], []
+        for _, qz in self._mixtures(adata, indices, batch_size):
+            locs.append(qz.component_loc.transpose(0, 1).cpu())
+            variances.append(qz.component_scale.square().transpose(0, 1).cpu())
+        return torch.cat(locs).numpy(), torch.cat(variances).numpy()
 
     def _check_component(self, component: ComponentSelection) -> None:
         if component is None or component == "all":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
+import numpy as np
 from anndata import AnnData
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
@@ -27,11 +28,18 @@ from scvi.model.base import (
 )
 from scvi.utils import setup_anndata_dsp
 
-from scmixvae.mixture import DEFAULT_OBJECTIVE, Objective
+from scmixvae.mixture import DEFAULT_OBJECTIVE, Objective, PriorName, validate_flow, validate_prior
 
 from . import _compat
 from .mixture_model import MixtureModelMixin
 from .module import MixVAE, validate_mixture_options
+from .module_priors import DEFAULT_N_PRIOR_COMPONENTS
+from .pseudo_inputs import (
+    choose_cells,
+    is_restoring,
+    placeholder_pseudo_inputs,
+    pseudo_inputs_from_cells,
+)
 from .validation import check_counts, warn_empty_cells_and_genes
 
 
@@ -87,6 +95,23 @@ class MixSCVI(
         Use the observed library size (default) instead of a latent one.
     latent_distribution
         ``"normal"``, or ``"ln"``: the decoder sees the softmax of the latent, as in SCVI.
+    prior
+        The latent's prior, named as scvi-tools' SysVI: ``"standard_normal"`` (scVI's, the
+        default), ``"vamp"`` (a VampPrior: the mixture posterior of ``n_prior_components``
+        learned pseudo-inputs, which start as real cells in the encoder's input space and keep
+        those cells' batch and categorical covariates, fixed) or ``"mog"`` (a learned mixture
+        of ``n_prior_components`` Gaussians, as MrVI's).
+    n_prior_components
+        ``K`` of the VampPrior or the Gaussian mixture (default 5, SysVI's).
+    pseudoinputs_data_indices
+        Cells (row indices of ``adata``) the VampPrior's pseudo-inputs start from; default
+        ``n_prior_components`` cells drawn at random (reproducible under
+        ``scvi.settings.seed``).
+    flow_steps
+        Steps of an inverse autoregressive flow shared by the components (0: none, the
+        default). The decoder and the prior see the flowed latent; each draw's mixture density
+        loses the flow's log-determinant. ``prior="vamp"`` with ``flow_steps > 0`` is the
+        method's composite recipe.
     **kwargs
         Passed to :class:`~scmixvae.singlecell.module.MixVAE` / :class:`scvi.module.VAE`
         (``batch_representation``, ``encode_covariates``, ``extra_encoder_kwargs``, ...).
@@ -123,12 +148,22 @@ class MixSCVI(
         gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
         use_observed_lib_size: bool = True,
         latent_distribution: Literal["normal", "ln"] = "normal",
+        prior: PriorName = "standard_normal",
+        n_prior_components: int | None = None,
+        pseudoinputs_data_indices: np.ndarray | None = None,
+        flow_steps: int = 0,
         **kwargs,
     ):
         validate_mixture_options(
             n_components, objective, shared_encoder, n_sampled_components, n_particles,
             gene_likelihood,
         )  # fmt: skip
+        validate_prior(prior, n_prior_components)
+        validate_flow(flow_steps, n_latent)
+        if pseudoinputs_data_indices is not None and prior != "vamp":
+            raise ValueError(
+                f"pseudoinputs_data_indices is for prior='vamp' only (got prior={prior!r})."
+            )
         if adata is None and registry is None:  # the module is built by train(datamodule=...)
             _compat.init_without_data(self)
         else:
@@ -148,6 +183,9 @@ class MixSCVI(
             "gene_likelihood": gene_likelihood,
             "use_observed_lib_size": use_observed_lib_size,
             "latent_distribution": latent_distribution,
+            "prior": prior,
+            "n_prior_components": n_prior_components,
+            "flow_steps": flow_steps,
             **kwargs,
         }
         drawn = "all" if n_sampled_components is None else n_sampled_components
@@ -158,9 +196,15 @@ class MixSCVI(
             "sampled component.\n"
             f"n_hidden: {n_hidden}, n_latent: {n_latent}, n_layers: {n_layers}, "
             f"dropout_rate: {dropout_rate}, dispersion: {dispersion}, "
-            f"gene_likelihood: {gene_likelihood}, latent_distribution: {latent_distribution}."
+            f"gene_likelihood: {gene_likelihood}, latent_distribution: {latent_distribution}, "
+            f"prior: {prior}, flow_steps: {flow_steps}."
         )
         if self._module_init_on_train:
+            if prior == "vamp":
+                raise ValueError(
+                    "prior='vamp' places its pseudo-inputs on registered cells: build the model "
+                    "with an AnnData (datamodule training takes 'standard_normal' or 'mog')."
+                )
             if not use_observed_lib_size:
                 raise ValueError(
                     "use_observed_lib_size=False needs the library-size prior of an AnnData; "
@@ -181,10 +225,29 @@ class MixSCVI(
                 n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
                 n_cats_per_cov=self._n_cats_per_cov(),
                 **self._library_options(use_observed_lib_size),
-                **self._module_kwargs,
+                **{
+                    **self._module_kwargs,
+                    **self._pseudo_inputs(prior, n_prior_components, pseudoinputs_data_indices),
+                },
             )
             self.module.minified_data_type = self.minified_data_type
         self.init_params_ = self._get_init_params(locals())
+
+    def _pseudo_inputs(self, prior: str, n_prior_components, indices) -> dict:
+        """The VampPrior's starting pseudo-inputs and covariates (placeholders on restore)."""
+        if prior != "vamp":
+            return {}
+        if is_restoring() or self.minified_data_type is not None:
+            return placeholder_pseudo_inputs(
+                self.adata_manager, n_prior_components, indices, DEFAULT_N_PRIOR_COMPONENTS
+            )
+        cells = choose_cells(
+            self.summary_stats.n_cells, n_prior_components, indices, DEFAULT_N_PRIOR_COMPONENTS
+        )
+        return {
+            "n_prior_components": len(cells),
+            **pseudo_inputs_from_cells(self.adata_manager, cells, self._module_kwargs),
+        }
 
     def _n_cats_per_cov(self) -> list[int] | None:
         registries = self.registry["field_registries"]

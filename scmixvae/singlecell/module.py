@@ -19,10 +19,10 @@ from scmixvae.mixture import (
     DrawTerms,
     MixtureNormal,
     Objective,
+    PriorName,
     bound,
     jsd,
     kl_term,
-    sample_components,
 )
 
 from .encoders import build_mixture_encoder, check_encoder_kwargs
@@ -36,12 +36,17 @@ from .module_options import (  # noqa: F401  re-exported: the model classes impo
     mixture_from_flat,
     validate_mixture_options,
 )
+from .module_priors import (
+    BASE_Z_KEY,
+    COMPONENT_KEY,
+    LOG_DET_KEY,
+    PSEUDO_QZ_KEY,
+    UNTRANSFORMED_Z_KEY,
+    PriorFlowMixin,
+)
 
-COMPONENT_KEY = "component"
-UNTRANSFORMED_Z_KEY = "untran_z"
 
-
-class MixVAE(MixtureEvaluationMixin, VAE):
+class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
     r"""scVI with a uniform mixture of ``S`` encoders for :math:`q(z \mid x)`.
 
     The generative model, decoder, likelihoods, library-size handling and covariates are
@@ -81,6 +86,19 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         earlier layout, a coded head of this width after all ``n_layers`` shared layers, kept
         to reproduce earlier results (see
         :class:`~scmixvae.singlecell.encoders.SharedTrunkEncoder`).
+    prior
+        ``"standard_normal"`` (scVI's), ``"vamp"`` (a VampPrior: ``n_prior_components``
+        pseudo-inputs through the mixture encoder, :class:`~scmixvae.mixture.VampPrior`) or
+        ``"mog"`` (a learned Gaussian mixture, :class:`~scmixvae.mixture.MixtureOfGaussiansPrior`).
+    n_prior_components
+        ``K`` of the VampPrior or the Gaussian mixture (default 5, SysVI's).
+    pseudo_inputs, pseudo_input_batch, pseudo_input_cat_covs
+        The VampPrior's initial pseudo-inputs ``[K, n_input_encoder]`` (the encoder's input
+        space) and their fixed batch ``[K, 1]`` and categorical covariates ``[K, n_cat]``;
+        the model class takes them from real cells.
+    flow_steps
+        Steps of a latent flow shared by the components (:class:`~scmixvae.mixture.LatentFlow`,
+        0: none). The decoder and the prior see the flowed latent.
     **kwargs
         Everything :class:`scvi.module.VAE` takes (``n_batch``, ``n_hidden``, ``n_latent``,
         ``n_layers``, ``dispersion``, ``gene_likelihood``, ``use_observed_lib_size``, ...).
@@ -104,6 +122,12 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         n_particles: int = 1,
         importance_weighted: bool = False,
         n_head_hidden: int | None = None,
+        prior: PriorName = "standard_normal",
+        n_prior_components: int | None = None,
+        pseudo_inputs: torch.Tensor | None = None,
+        pseudo_input_batch: torch.Tensor | None = None,
+        pseudo_input_cat_covs: torch.Tensor | None = None,
+        flow_steps: int = 0,
         n_batch: int = 0,
         n_hidden: int = 128,
         n_layers: int = 1,
@@ -178,6 +202,10 @@ class MixVAE(MixtureEvaluationMixin, VAE):
             n_head_hidden=n_head_hidden,
             **options,
         )
+        self._build_prior_and_flow(
+            prior, n_prior_components, n_input_encoder, pseudo_inputs, pseudo_input_batch,
+            pseudo_input_cat_covs, flow_steps,
+        )  # fmt: skip
 
     # inference -------------------------------------------------------------------------------
     def forward(
@@ -227,9 +255,11 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         n_sampled_components: int | None = None,
     ) -> dict[str, torch.Tensor | Distribution | None]:
         """Encode the counts into the mixture, then draw latents (see :meth:`_draw`)."""
-        qz, encoder_input, covariates = self._encode(x, batch_index, cont_covs, cat_covs)
+        encoder_input, covariates = self._encoder_inputs(x, batch_index, cont_covs, cat_covs)
+        qz, pseudo_qz = self._encode_with_pseudo_inputs(encoder_input, covariates)
         # the latent is drawn before the library encoder runs, in scVI's order of draws
         latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
+        latent[PSEUDO_QZ_KEY] = pseudo_qz
         ql = None
         if self.use_observed_lib_size:
             # a cell without counts would give log(0); flooring at one count leaves others as scVI
@@ -246,6 +276,17 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         cat_covs: torch.Tensor | None = None,
     ) -> tuple[MixtureNormal, torch.Tensor, tuple]:
         """The mixture posterior of the counts, with the encoders' input and covariates."""
+        encoder_input, covariates = self._encoder_inputs(x, batch_index, cont_covs, cat_covs)
+        return self.z_encoder(encoder_input, *covariates), encoder_input, covariates
+
+    def _encoder_inputs(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        cont_covs: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple]:
+        """What the encoders read: ``log1p`` counts (and encoded covariates), and covariates."""
         encoder_input = torch.log1p(x) if self.log_variational else x
         if cont_covs is not None and self.encode_covariates:
             encoder_input = torch.cat((encoder_input, cont_covs), dim=-1)
@@ -261,7 +302,7 @@ class MixVAE(MixtureEvaluationMixin, VAE):
             covariates = categorical
         else:
             covariates = (batch_index, *categorical)
-        return self.z_encoder(encoder_input, *covariates), encoder_input, covariates
+        return encoder_input, covariates
 
     def _cached_inference(
         self,
@@ -283,28 +324,6 @@ class MixVAE(MixtureEvaluationMixin, VAE):
             latent = self._draw_latent(qz, n_samples, stratified, n_sampled_components)
         return self._outputs(qz, latent, None, torch.log(observed_lib_size))
 
-    def _draw_latent(
-        self,
-        qz: MixtureNormal,
-        n_samples: int,
-        stratified: bool,
-        n_sampled_components: int | None,
-    ) -> dict:
-        """Latent draws: ``[n_samples, A, B, D]`` from ``A`` components when ``stratified``
-        (``A = n_sampled_components``, default all ``S``), else mixture draws
-        ``[n_samples, B, D]`` (``[B, D]`` for one sample)."""
-        component = None
-        if stratified:
-            component = sample_components(
-                self.n_components, n_sampled_components, qz.batch_shape[0], qz.loc.device
-            )
-            untran_z = qz.rsample_components(component, n_samples)
-            draws = (n_samples, component.shape[0])
-        else:
-            untran_z = qz.sample_mixture(n_samples if n_samples > 1 else ())
-            draws = (n_samples,) if n_samples > 1 else ()
-        return {"untran_z": untran_z, "component": component, "draws": draws}
-
     def _outputs(
         self, qz: MixtureNormal, latent: dict, ql: Distribution | None, library: torch.Tensor
     ) -> dict[str, torch.Tensor | Distribution | None]:
@@ -324,6 +343,9 @@ class MixVAE(MixtureEvaluationMixin, VAE):
             MODULE_KEYS.LIBRARY_KEY: library,
             COMPONENT_KEY: latent["component"],
             UNTRANSFORMED_Z_KEY: latent["untran_z"],
+            BASE_Z_KEY: latent[BASE_Z_KEY],
+            LOG_DET_KEY: latent[LOG_DET_KEY],
+            PSEUDO_QZ_KEY: latent.get(PSEUDO_QZ_KEY),
         }
 
     @auto_move_data
@@ -381,10 +403,6 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         x_per_draw = x.repeat(math.prod(lead), 1)  # same (L, A, B) order as the draws
         return px.log_prob(x_per_draw).sum(-1).view(*lead, x.shape[0])
 
-    def latent_log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log p(z)` of Gaussian latent draws ``[..., D]``: scVI's standard normal."""
-        return Normal(0.0, 1.0).log_prob(z).sum(-1)
-
     def _log_library_ratio(self, inference_outputs, batch_index) -> torch.Tensor:
         """log p(l) - log q(l | x) at the library draws, ``[..., B]`` (0 for observed sizes)."""
         library = inference_outputs[MODULE_KEYS.LIBRARY_KEY]
@@ -407,8 +425,7 @@ class MixVAE(MixtureEvaluationMixin, VAE):
         into :math:`\\log p(x \\mid z)`, as the importance weights need.
         """
         x = tensors[REGISTRY_KEYS.X_KEY]
-        qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
-        z = inference_outputs[UNTRANSFORMED_Z_KEY]  # the Gaussian draws the densities score
+        z = inference_outputs[UNTRANSFORMED_Z_KEY]  # the latent the decoder and prior see
         component = inference_outputs.get(COMPONENT_KEY)
         if z.dim() != 4 or component is None:
             raise ValueError("the mixture's terms need stratified draws [L, A, B, D].")
@@ -417,13 +434,10 @@ class MixVAE(MixtureEvaluationMixin, VAE):
             log_px_z = log_px_z + self._log_library_ratio(
                 inference_outputs, tensors[REGISTRY_KEYS.BATCH_KEY]
             )
-        return qz.draw_terms(
-            z,
-            component,
+        return self.posterior_terms(
+            inference_outputs,
             log_px_z=log_px_z,
-            log_pz=self.latent_log_prior(z),
-            with_sub_mixture=self.objective == "some_to_some",
-            kl_own=qz.kl_to_standard_normal(component),
+            log_pz=self.latent_log_prior(z, inference_outputs.get(PSEUDO_QZ_KEY)),
         )
 
     def loss(

@@ -69,6 +69,28 @@ def check_shared_encoder_layout(saved: dict, where: str | os.PathLike) -> None:
     )
 
 
+def _init_param(init_params: dict, name: str, default=None):
+    """A saved model's constructor argument, wherever scvi-tools filed it."""
+    if name in init_params.get("non_kwargs", {}):
+        return init_params["non_kwargs"][name]
+    for group in init_params.get("kwargs", {}).values():
+        if isinstance(group, dict) and name in group:
+            return group[name]
+    return default
+
+
+def check_prior_state(saved: dict, where: str | os.PathLike) -> None:
+    """Refuse, in one line, a VampPrior model whose saved weights lack its pseudo-inputs."""
+    init_params = saved.get("attr_dict", {}).get("init_params_", {})
+    if _init_param(init_params, "prior", "standard_normal") != "vamp":
+        return
+    if "prior.pseudo_inputs" not in saved.get("model_state_dict", {}):
+        raise ValueError(
+            f"the model saved in {where} has prior='vamp' but its weights hold no "
+            "'prior.pseudo_inputs': it cannot be restored (save it again from the trained model)."
+        )
+
+
 def atomic_save_dir(save_fn, dir_path: str | os.PathLike, overwrite: bool) -> None:
     """Run ``save_fn(tmp_dir)`` then move each file it wrote into ``dir_path`` atomically.
 

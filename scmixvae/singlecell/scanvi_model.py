@@ -23,8 +23,18 @@ from .scanvi_module import MixSCANVAE
 from .validation import check_counts, check_labels_column
 
 
+def refuse_latent_prior(prior: str) -> None:
+    """MixSCANVI's ``z1`` prior is scANVI's ``p(z1 | z2, y)``: no other prior can be chosen."""
+    if prior not in ("standard_normal", ""):
+        raise ValueError(
+            f"MixSCANVI keeps scANVI's label-conditional prior p(z1 | z2, y), so prior={prior!r} "
+            "is not available (a MixSCVI with that prior cannot become a MixSCANVI); use "
+            "prior='standard_normal' (flow_steps works)."
+        )
+
+
 class MixSCANVI(MixtureModelMixin, SCANVI):
-    """scANVI with a mixture of ``S`` encoders trained by MISELBO, for label transfer.
+    r"""scANVI with a mixture of ``S`` encoders trained by MISELBO, for label transfer.
 
     A drop-in for :class:`scvi.model.SCANVI`: the same ``setup_anndata``, ``from_scvi_model``
     (from a trained :class:`~scmixvae.MixSCVI`), semi-supervised training, ``predict``,
@@ -52,6 +62,10 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
         As :class:`scvi.model.SCANVI`.
     use_observed_lib_size, linear_classifier, datamodule
         As :class:`scvi.model.SCANVI`.
+    flow_steps
+        (a model keyword) A latent flow on ``z_1`` shared by the components, as MixSCVI's;
+        the classifier reads the flowed latent. ``prior`` must stay ``"standard_normal"``:
+        :math:`z_1`'s prior is scANVI's :math:`p(z_1 \mid z_2, y)`.
     **model_kwargs
         Passed to :class:`~scmixvae.singlecell.scanvi_module.MixSCANVAE` (``y_prior``,
         ``classifier_parameters``, ``latent_distribution``, ``n_head_hidden``, ...).
@@ -97,6 +111,10 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
             n_components, objective, shared_encoder, n_sampled_components, n_particles,
             gene_likelihood,
         )  # fmt: skip
+        refuse_latent_prior(model_kwargs.get("prior", "standard_normal"))
+        if model_kwargs.pop("pseudoinputs_data_indices", None) is not None:
+            refuse_latent_prior("vamp")
+        model_kwargs.pop("n_prior_components", None)  # only a VampPrior or MoG prior has one
         self._module_kwargs = {"n_components": n_components}
         super().__init__(
             adata,
@@ -210,6 +228,7 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
                 f"MixSCANVI.from_scvi_model needs a trained scmixvae.MixSCVI, got "
                 f"{type(scvi_model).__name__}; for scvi-tools' SCVI use scvi.model.SCANVI."
             )
+        refuse_latent_prior(scvi_model.module.prior_name if scvi_model.module else "")
         scvi_model._check_if_trained(  # before anything reads its data
             warn=False, message="the MixSCVI given hasn't been trained yet: train it first."
         )

@@ -12,7 +12,7 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch.distributions import Categorical, Normal, kl_divergence
 from torch.nn import functional as F
 
-from scmixvae.mixture import MixtureNormal, bound
+from scmixvae.mixture import bound
 
 from .module import COMPONENT_KEY, UNTRANSFORMED_Z_KEY, MixVAE
 
@@ -46,7 +46,13 @@ class MixSCANVAE(MixVAE, SCANVAE):
     The classifier is trained on labelled cells as scANVI trains it, on the posterior mean, here
     of every component: the mean over components of each component-mean's cross-entropy, so
     that every component is a classifier in its own right (as each member of a deep ensemble).
+
+    A latent flow (``flow_steps``) acts on :math:`z_1`: the decoder, the hierarchy and the
+    classifier see the flowed draws (and the flowed component means). The prior of
+    :math:`z_1` stays scANVI's, so ``prior`` must be ``"standard_normal"``.
     """
+
+    latent_prior_choice = False
 
     # loss -------------------------------------------------------------------------------------
     def _hierarchy_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +90,6 @@ class MixSCANVAE(MixVAE, SCANVAE):
         """Negative bound (:func:`scmixvae.mixture.bound`) plus, for a labelled minibatch,
         ``classification_ratio`` times the classification loss, as scANVI's loss."""
         x = tensors[REGISTRY_KEYS.X_KEY]
-        qz: MixtureNormal = inference_outputs[MODULE_KEYS.QZ_KEY]
         untran_z = inference_outputs[UNTRANSFORMED_Z_KEY]
         component = inference_outputs.get(COMPONENT_KEY)
         if untran_z.dim() != 4 or component is None:
@@ -96,12 +101,8 @@ class MixSCANVAE(MixVAE, SCANVAE):
         log_pz1, kl_upper = (t.view(lead) for t in hierarchy)
         # scANVI warms up only the KL terms of z2, y and the library: fold them into the
         # likelihood so that the core's bound (beta = 1) is scANVI's loss
-        terms = qz.draw_terms(
-            untran_z,
-            component,
-            log_px_z=log_px_z - kl_weight * kl_upper,
-            log_pz=log_pz1,
-            with_sub_mixture=self.objective == "some_to_some",
+        terms = self.posterior_terms(
+            inference_outputs, log_px_z=log_px_z - kl_weight * kl_upper, log_pz=log_pz1
         )
         importance_weighted = self.importance_weighted and self.n_particles > 1
         kl_l = self._library_kl(tensors, inference_outputs)
@@ -148,7 +149,7 @@ class MixSCANVAE(MixVAE, SCANVAE):
             "labels": tensors[REGISTRY_KEYS.LABELS_KEY],
         }
 
-    def latent_log_prior(self, z: torch.Tensor) -> torch.Tensor:
+    def latent_log_prior(self, z: torch.Tensor, pseudo_posterior=None) -> torch.Tensor:
         r"""An unbiased estimate of :math:`p(z_1)` in log space, at draws ``[..., D]``.
 
         :math:`\log \sum_y p(y)\, p(z_1 \mid z_2^y, y)\, p(z_2^y) / q(z_2^y \mid z_1, y)` with one
@@ -190,6 +191,7 @@ class MixSCANVAE(MixVAE, SCANVAE):
             z = qz.component_loc.unsqueeze(0)  # [1, S, B, D]
         else:
             z = qz.rsample((n_samples,))  # [L, S, B, D]
+        z = self.flow_latent(z)
         probs = self._label_probabilities(self._z_transformation(z).reshape(-1, z.shape[-1]))
         return probs.view(*z.shape[:-1], -1).mean(0)
 
@@ -232,7 +234,7 @@ class MixSCANVAE(MixVAE, SCANVAE):
         # many normals keeps S = 1 on scANVI's random stream (the classifier's dropout masks)
         torch.randn(qz.loc.shape, dtype=qz.loc.dtype, device=qz.loc.device)
         y = labelled_dataset[REGISTRY_KEYS.LABELS_KEY]
-        means = qz.component_loc  # [S, B, D]
+        means = self.flow_latent(qz.component_loc)  # [S, B, D]
         logits = self.classify_helper(means.reshape(-1, means.shape[-1]))
         if not self.classifier.logits:  # a classifier that ends in a softmax
             logits = torch.log(logits.clamp_min(torch.finfo(logits.dtype).tiny))
