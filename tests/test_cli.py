@@ -58,6 +58,17 @@ def test_fit_trains_a_shared_encoder_with_sampled_components(small_h5ad, tmp_pat
     assert params["n_sampled_components"] == 2
 
 
+def test_fit_trains_the_composite_recipe(small_h5ad, tmp_path):
+    out = tmp_path / "composite.h5ad"
+    args = ["fit", str(small_h5ad), str(out), "--layer", "counts", "--components", "2",
+            "--prior", "vamp", "--n-prior-components", "3", "--flow-steps", "1",
+            "--epochs", "2", "--no-progress-bar"]  # fmt: skip
+    assert main(args) == 0
+    params = ad.read_h5ad(out).uns["X_mixscvi"]["params"]
+    assert params["prior"] == "vamp" and params["flow_steps"] == 1
+    assert params["n_prior_components"] == 3
+
+
 def test_both_commands_spell_the_mixture_options_alike():
     from scmixvae.cli import OBJECTIVE_CHOICES, build_parser
     from scmixvae.mixture import OBJECTIVES
@@ -85,6 +96,11 @@ def test_bad_inputs_exit_with_a_message(small_h5ad, tmp_path, capsys):
         (["fit", str(small_h5ad), out, "--layer", "raw"], "layers: ['counts']"),
         (["fit", str(small_h5ad), out, "--layer", "counts", "--batch-key", "donor"],
          "--batch-key 'donor' is not a column"),
+        (["fit", str(small_h5ad), out, "--n-prior-components", "0"],
+         "--n-prior-components must be at least 1"),
+        (["fit", str(small_h5ad), out, "--flow-steps", "-1"], "--flow-steps must be at least 0"),
+        (["fit", str(small_h5ad), out, "--layer", "counts", "--prior", "vamp",
+          "--n-prior-components", "301"], "exceeds the 300 registered cells"),
     ]  # fmt: skip
     not_hdf5 = tmp_path / "text.h5ad"
     not_hdf5.write_text("cell,gene\n")

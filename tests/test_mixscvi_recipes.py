@@ -190,7 +190,7 @@ def test_save_load_and_minify_keep_the_recipe(composite, pbmc, tmp_path):
     saved = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
     del saved["model_state_dict"]["prior.pseudo_inputs"]
     torch.save(saved, tmp_path / "model" / "model.pt")
-    with pytest.raises(ValueError, match="hold no 'prior.pseudo_inputs'"):
+    with pytest.raises(ValueError, match=r"hold no 'prior\.pseudo_inputs'"):
         MixSCVI.load(str(tmp_path / "model"), adata=subset)
     # minified: the stored posterior is the base mixture, the latent still the flowed one
     model = loaded

@@ -1,4 +1,4 @@
-"""The domain-free priors and latent flow of scmixvae.mixture, and the image models' use of them."""
+"""The domain-free priors and latent flow of scmixvae.mixture, and the image models use them."""
 
 from __future__ import annotations
 

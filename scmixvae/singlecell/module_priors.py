@@ -203,7 +203,8 @@ class PriorFlowMixin:
         component = inference_outputs[COMPONENT_KEY]
         base = inference_outputs.get(BASE_Z_KEY)
         base = inference_outputs[UNTRANSFORMED_Z_KEY] if base is None else base
-        closed_form = self.prior.closed_form_kl and self.flow is None
+        # (scANVI's z1 has its own hierarchical prior, never N(0, I): no closed form there)
+        closed_form = self.prior.closed_form_kl and self.flow is None and self.latent_prior_choice
         terms = qz.draw_terms(
             base,
             component,
