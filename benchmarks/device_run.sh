@@ -13,7 +13,7 @@
 # training summary, evaluation, machine; no checkpoints) go to runs/ in the pack, so that the
 # report can be rebuilt elsewhere: `benchmarks.image_nll_vs_s --runs <that folder> --report-only`.
 #
-# Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run.sh [budget_seconds]
+# Usage: OUT=dir SCMIXVAE_DATA_DIR=dir [PYTHON=interpreter] bash benchmarks/device_run.sh [budget_seconds]
 # Settings (environment): SKIP_COST=1 skips stages 1-2; IMAGE_MODELS, IMAGE_SEEDS (default 0;
 # every model and seed is one process, side by side); IMAGE_EPOCHS fixes the epochs (no probe,
 # e.g. to match an earlier seed); IMAGE_STEM names the report.
@@ -37,12 +37,12 @@ source "$(dirname "$0")/_device_common.sh"
 
 stamp device
 nvidia-smi -L 2>/dev/null
-python3 -c "import torch, scvi, scmixvae; print('torch', torch.__version__, 'scvi-tools', \
+"$PY" -c "import torch, scvi, scmixvae; print('torch', torch.__version__, 'scvi-tools', \
 scvi.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 
 if [ "${SKIP_COST:-0}" != 1 ]; then
 stamp "single-cell cost"
-timeout 170 python3 -m benchmarks.cost --cells $CELLS --epochs 4 --min-steps $STEPS --repeats 1 \
+timeout 170 "$PY" -m benchmarks.cost --cells $CELLS --epochs 4 --min-steps $STEPS --repeats 1 \
     --stem cost_gpu --out "$RES" \
     --models scvi S5 S5:D scvi:L2 S5:L2 S5:shared:A1 S50:shared:A1 S200:shared:A1
 pkill -f "benchmarks.cost --child"  # a child outlives its parent's timeout
@@ -50,7 +50,7 @@ pack
 
 stamp "image cost"
 # shellcheck disable=SC2086
-timeout 130 python3 -m benchmarks.image_cost --arch vanilla --epochs 2 $SUBSET \
+timeout 130 "$PY" -m benchmarks.image_cost --arch vanilla --epochs 2 $SUBSET \
     --stem image_cost_vanilla_gpu --out "$RES" --models S1 S5 S5:shared:A1 --data device loader
 pkill -f "benchmarks.image_cost --child"
 pack
@@ -58,7 +58,7 @@ fi
 
 image_run() {  # $1: model; $2: seed; $3: epochs; $4: samples per image; $5: stem
     # shellcheck disable=SC2086
-    python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models "$1" \
+    "$PY" -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models "$1" \
         --seeds "$2" --epochs "$3" --warmup-epochs $WARMUP --total-samples "$4" $SUBSET $TEST \
         --runs "$RUNS" --out "$RES/parts" --stem "$5" --threads 2 --resume
 }
@@ -80,7 +80,7 @@ if [ -n "${IMAGE_EPOCHS:-}" ]; then
 else
     stamp "image probe: one epoch of each configuration, side by side"
     side_by_side 1 10 probe
-    SLOWEST=$(python3 - "$RUNS" <<'EOF'
+    SLOWEST=$("$PY" - "$RUNS" <<'EOF'
 import json, pathlib, sys
 times = [json.loads(p.read_text())["seconds_per_epoch"]
          for p in pathlib.Path(sys.argv[1]).glob("*/training.json")]
@@ -89,7 +89,7 @@ EOF
 )
     if [ "$SLOWEST" = 0 ]; then stamp "no probe finished (see probe_*.log)"; pack; exit 1; fi
     # keep 90 s for the evaluation at the full sample count and the combined report
-    EPOCHS=$(python3 -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
+    EPOCHS=$("$PY" -c "print(max(2, min(500, int(($(left) - 90) / ($SLOWEST * 1.15)))))")
     stamp "slowest probe epoch ${SLOWEST} s"
 fi
 stamp "training every configuration and seed to $EPOCHS epochs, side by side"
@@ -101,7 +101,7 @@ for d in "$RUNS"/*/; do
 done
 pack
 # shellcheck disable=SC2086
-python3 -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
+"$PY" -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
     --seeds $IMAGE_SEEDS --epochs "$EPOCHS" --warmup-epochs $WARMUP --total-samples $SAMPLES \
     $SUBSET $TEST --runs "$RUNS" --out "$RES" --stem "$IMAGE_STEM" --resume
 pack

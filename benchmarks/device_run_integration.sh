@@ -26,12 +26,12 @@ source "$(dirname "$0")/_device_common.sh"
 
 stamp device
 nvidia-smi -L 2>/dev/null
-python3 -c "import torch, scvi, scanpy, scmixvae; print('torch', torch.__version__, \
+"$PY" -c "import torch, scvi, scanpy, scmixvae; print('torch', torch.__version__, \
 'scvi-tools', scvi.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 
 stamp "image step profile"
 # shellcheck disable=SC2086
-[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 python3 -m benchmarks.image_profile \
+[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 "$PY" -m benchmarks.image_profile \
     --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1 $PROFILE --out "$RES" \
     --stem image_profile_vanilla_gpu
 pack
@@ -41,7 +41,7 @@ PIDS=()
 for m in $KANG_MODELS; do
     for s in $KANG_SEEDS; do
         # shellcheck disable=SC2086
-        timeout $(($(left) - 20)) python3 -m benchmarks.integration --task kang_ifnb \
+        timeout $(($(left) - 20)) "$PY" -m benchmarks.integration --task kang_ifnb \
             --models "$m" --seeds "$s" --train-only --threads 1 $KANG --out "$RES/kang" \
             > "$RES/kang_${m//:/_}_seed$s.log" 2>&1 &
         PIDS+=($!)
