@@ -50,7 +50,8 @@ def test_pseudo_inputs_start_on_training_cells_only():
 def _row(model_code: str, seed: int, ll: float, nmi: float) -> dict:
     spec = ModelSpec.parse(model_code)
     return {"model": spec.name, "code": spec.code, "seed": seed, "heldout_marginal_ll": ll,
-            "leiden_nmi_mean": nmi, "kmeans_nmi_mean": nmi}  # fmt: skip
+            "leiden_nmi_mean": nmi, "kmeans_nmi_mean": nmi, "epochs": 700 + seed,
+            "stopped_early": seed > 0}  # fmt: skip
 
 
 def test_summary_pairs_by_seed_and_corrects_each_column(tmp_path):
@@ -73,7 +74,7 @@ def test_summary_pairs_by_seed_and_corrects_each_column(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())["toy"]
     by_code = {line["code"]: line for line in summary}
     vamp = by_code["S1:vamp"]
-    assert vamp["n_seeds"] == 3
+    assert vamp["n_seeds"] == 3 and vamp["stopped_early"] == "2/3" and vamp["epochs"] == 701
     assert vamp["ll_vs_scvi_l2"]["minus"] == pytest.approx(2.1)  # 2 + 0.1 * mean(seed)
     assert vamp["ll_vs_scvi_l2"]["better"] == "3/3"
     assert by_code["S5:vamp"]["s5_vs_s1"]["minus"] == pytest.approx(0.4)
