@@ -173,6 +173,10 @@ def test_aggregated_posterior_is_the_flowed_mixture(composite):
         base = torch.distributions.Normal(loc, scale).log_prob(z0[:, None]).sum(-1)
         expected = torch.logsumexp(base, 1) - np.log(loc.shape[0]) - log_det
         torch.testing.assert_close(aggregated.log_prob(z), expected, atol=1e-4, rtol=1e-4)
+    # scvi-tools' differential abundance runs on it
+    subset = composite.adata[:120].copy()
+    composite.differential_abundance(subset, sample_key="cell_type", num_cells_posterior=20)
+    assert np.isfinite(subset.obsm["da_log_probs"].to_numpy()).all()
 
 
 def test_save_load_and_minify_keep_the_recipe(composite, pbmc, tmp_path):
