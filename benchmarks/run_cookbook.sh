@@ -27,17 +27,21 @@ case "$stage" in
     seed_in mouse_bladder
     sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" "${RECIPES[@]}" ;;
   full)  # the recipes the screen kept, on every dataset and 5 seeds (edit KEPT after a screen)
-    KEPT=(S1:vamp S5:vamp S1:vamp:F2 S5:vamp:F2)
+    KEPT=(S1:vamp S1:L2:vamp S5:vamp S1:vamp:F2)
     for dataset in sorted_pbmc worm_neuron mouse_bladder; do
       seed_in "$dataset"
       sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" "${KEPT[@]}"
     done ;;
   sweep)  # the VampPrior's K, from SysVI's 5 to hundreds
-    sc --datasets mouse_bladder --seeds ${seeds[*]} --models scvi S1:vamp S1:vamp20 S1:vamp100 S1:vamp300 ;;
+    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300 ;;
   shared)  # the cheap mixture with the recommended recipe
-    sc --datasets mouse_bladder --seeds ${seeds[*]} --models scvi S5:shared:A1:vamp S50:shared:A1:vamp ;;
+    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:shared:A1:vamp S50:shared:A1:vamp ;;
   depth)  # the recipes at two layers
-    sc --datasets mouse_bladder --seeds ${seeds[*]} --models scvi S1:L2:vamp S5:L2:vamp S1:L2:vamp:F2 ;;
+    for dataset in worm_neuron sorted_pbmc mouse_bladder; do
+      seed_in "$dataset"
+      sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" S1:L2:vamp
+    done
+    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:L2:vamp S1:L2:vamp:F2 ;;
   cost)  # epoch time against SCVI, alone on the machine
     python -m benchmarks.cost --cells 10000 --repeats 2 --stem cost_cookbook \
       --models scvi scvi:L2 S1:vamp S1:mog S1:F2 S1:vamp:F2 S5 S5:vamp S5:vamp:F2 ;;
