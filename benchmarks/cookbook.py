@@ -142,7 +142,7 @@ def _cell(result: dict | None, digits: int = 2) -> str:
 
 def markdown(dataset: str, lines: list[dict], command: str) -> list[str]:
     out = [
-        f"## {dataset}",
+        f"### {dataset}",
         "",
         "Held-out log p(x) per cell (mean ± std over seeds); differences paired by seed "
         "(mean ± std of the differences, seeds where the model is better, paired t-test p, "
@@ -183,8 +183,8 @@ def plot(results: dict[str, list[dict]], rows: dict[str, list[dict]], path: Path
                 ax.plot([i - 0.3, i + 0.3], [np.mean(diffs)] * 2, color="black")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(lines)), [ln["model"] for ln in lines], rotation=75, fontsize=7)
-        ax.set_ylabel("held-out log p(x) − SCVI(n_layers=2) (nats / cell)")
         ax.set_title(dataset)
+    axes[0][0].set_ylabel("held-out log p(x) − SCVI(n_layers=2)\n(nats per cell, by seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.cookbook --datasets " + " ".join(rows)
     if args.models != MODELS:
         command += " --models " + " ".join(args.models)
-    lines = ["# Which cookbook recipe pays for counts", ""]
+    # no top-level title: the documentation includes this file under its own headings
+    lines = ["**Which cookbook recipe pays for counts** (`benchmarks/cookbook.py`)", ""]
     for dataset, table in results.items():
         lines += markdown(dataset, table, command)
     write_report(args.out / "summary", results, lines)
