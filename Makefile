@@ -99,3 +99,6 @@ bench: install
 		--repeats 1 --epochs 2 --models S1 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
 		--stem image_cost_vanilla_shared
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.diagnostics_cost
+	# the cookbook's recipes for counts (issue 33); each stage resumes
+	for stage in screen full depth cost; do \
+		SCMIXVAE_DATA_DIR=$(DATA_DIR) bash benchmarks/run_cookbook.sh $$stage || exit 1; done
