@@ -204,7 +204,9 @@ class ModelSpec:
         import numpy as np
         import torch
 
-        k = self.n_prior_components or 5  # MixSCVI's default K
+        from scmixvae.singlecell.module_priors import DEFAULT_N_PRIOR_COMPONENTS
+
+        k = self.n_prior_components or DEFAULT_N_PRIOR_COMPONENTS
         rng = np.random.default_rng(torch.initial_seed())
         chosen = np.sort(rng.choice(np.asarray(cells), size=k, replace=False))
         return {"pseudoinputs_data_indices": chosen}

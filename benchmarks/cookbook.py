@@ -67,15 +67,6 @@ def _by_seed(rows: list[dict], model: str, metric: str) -> dict[int, float]:
     return {r["seed"]: r[metric] for r in rows if r["model"] == model and metric in r}
 
 
-def _recipe(code: str) -> str:
-    """A model's recipe without its number of components: ``S5:vamp`` -> ``vamp``."""
-    spec = ModelSpec.parse(code)
-    if spec.kind == "scvi":
-        return spec.name
-    parts = ModelSpec.parse(code).code.split(":")[1:]
-    return ":".join(parts) or "standard normal"
-
-
 def compare(rows: list[dict], codes: list[str]) -> list[dict]:
     """One line per model of ``codes`` with rows: its metrics and the paired comparisons, Holm
     over each column."""

@@ -30,8 +30,13 @@ def test_recipe_codes(code, name, kwargs):
     assert ModelSpec.parse(spec.code) == spec
     assert spec.name == name and spec.recipe_kwargs == kwargs
     assert spec.has_image_form == (not kwargs and code == "S5")
+
+
+def test_sysvi_and_unknown_recipe_codes():
     with pytest.raises(ValueError, match="unknown option"):
         ModelSpec.parse("S5:laplace")
+    with pytest.raises(ValueError, match="SysVI takes no options"):
+        ModelSpec.parse("sysvi:L2")
     sysvi = ModelSpec.parse("sysvi")
     assert sysvi.code == "sysvi" and sysvi.name == "SysVI(prior=vamp)"
 

@@ -16,7 +16,7 @@ from scvi.data import synthetic_iid
 from scmixvae import MixSCANVI, MixSCVI
 from scmixvae.datasets import load_counts
 from scmixvae.mixture import StandardNormalPrior
-from scmixvae.singlecell.module import BASE_Z_KEY, LOG_DET_KEY, UNTRANSFORMED_Z_KEY
+from scmixvae.singlecell.module_priors import BASE_Z_KEY, LOG_DET_KEY, UNTRANSFORMED_Z_KEY
 
 TRAIN = {"batch_size": 128, "enable_progress_bar": False}
 
@@ -116,6 +116,11 @@ def test_importance_weights_for_de_use_the_prior_and_the_flow(composite):
     w = weights()
     assert w.shape == (20,) and np.isclose(w.sum(), 1.0)
     assert not np.allclose(w, _with_standard_normal(composite, weights))
+    flow, composite.module.flow = composite.module.flow, None
+    try:  # the anchors' densities of flowed draws go through the flow's inverse
+        assert not np.allclose(w, weights())
+    finally:
+        composite.module.flow = flow
     # scvi-tools' DE reaches these weights (few anchors and samples: a path check)
     de = composite.differential_expression(
         idx1=np.arange(0, 20), idx2=np.arange(20, 40), weights="importance", batch_size=64,
@@ -231,6 +236,18 @@ def _fresh(pbmc):
     adata = pbmc.copy()
     MixSCVI.setup_anndata(adata, layer="counts", labels_key="cell_type")
     return adata
+
+
+def test_vamp_prior_with_an_encoded_batch_embedding():
+    """Pseudo-inputs hold counts only; the encoder's batch embedding comes from their batch."""
+    scvi.settings.seed = 0
+    adata = synthetic_iid(n_batches=2)
+    MixSCVI.setup_anndata(adata, batch_key="batch")
+    model = MixSCVI(adata, n_components=2, prior="vamp", n_prior_components=3,
+                    encode_covariates=True, batch_representation="embedding")  # fmt: skip
+    assert model.module.prior.pseudo_inputs.shape == (3, adata.n_vars)
+    model.train(max_epochs=1, **TRAIN)
+    assert np.isfinite(model.get_elbo())
 
 
 def test_mixscanvi_takes_the_flow_and_refuses_other_priors(pbmc):

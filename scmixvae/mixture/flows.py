@@ -95,10 +95,9 @@ class LatentFlow(nn.Module):
         """
         log_det = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
         for step in reversed(self.steps):
-            z_prev = step._inverse(z)
-            # the forward log-determinant at the recovered point (recomputed, not cached)
-            _, logit_scale = step.arn(z_prev)
-            log_det = log_det + step.logsigmoid(logit_scale + step.sigmoid_bias).sum(-1)
+            z_prev = step.inv(z)
+            # pyro keeps the scales of the inversion for exactly this pair: no extra pass
+            log_det = log_det + step.log_abs_det_jacobian(z_prev, z)
             z = z_prev
         return z, log_det
 
@@ -130,12 +129,20 @@ class FlowTransform(torch.distributions.Transform):
     def __init__(self, flow: LatentFlow):
         super().__init__(cache_size=0)
         self.flow = flow
+        self._last_inverse: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return self.flow(x)[0]
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return self.flow.inverse(y)[0]
+        x, log_det = self.flow.inverse(y)
+        self._last_inverse = (x, y, log_det)
+        return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # log_prob inverts y, then asks for this at the pair: reuse the inversion's value
+        # rather than run the flow forward again
+        last = self._last_inverse
+        if last is not None and x is last[0] and y is last[1]:
+            return last[2]
         return self.flow(x)[1]

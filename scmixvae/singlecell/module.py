@@ -36,14 +36,7 @@ from .module_options import (  # noqa: F401  re-exported: the model classes impo
     mixture_from_flat,
     validate_mixture_options,
 )
-from .module_priors import (
-    BASE_Z_KEY,
-    COMPONENT_KEY,
-    LOG_DET_KEY,
-    PSEUDO_QZ_KEY,
-    UNTRANSFORMED_Z_KEY,
-    PriorFlowMixin,
-)
+from .module_priors import COMPONENT_KEY, PSEUDO_QZ_KEY, UNTRANSFORMED_Z_KEY, PriorFlowMixin
 
 
 class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
@@ -93,9 +86,10 @@ class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
     n_prior_components
         ``K`` of the VampPrior or the Gaussian mixture (default 5, SysVI's).
     pseudo_inputs, pseudo_input_batch, pseudo_input_cat_covs
-        The VampPrior's initial pseudo-inputs ``[K, n_input_encoder]`` (the encoder's input
-        space) and their fixed batch ``[K, 1]`` and categorical covariates ``[K, n_cat]``;
-        the model class takes them from real cells.
+        The VampPrior's initial pseudo-inputs, ``[K, G]`` (``log1p`` counts, with the
+        continuous covariates appended when they are encoded), and their fixed batch
+        ``[K, 1]`` and categorical covariates ``[K, n_cat]``; the model class takes them from
+        real cells.
     flow_steps
         Steps of a latent flow shared by the components (:class:`~scmixvae.mixture.LatentFlow`,
         0: none). The decoder and the prior see the flowed latent.
@@ -203,7 +197,9 @@ class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
             **options,
         )
         self._build_prior_and_flow(
-            prior, n_prior_components, n_input_encoder, pseudo_inputs, pseudo_input_batch,
+            # pseudo-inputs: counts and encoded continuous covariates (a batch embedding is added)
+            prior, n_prior_components, n_input + n_continuous_cov * encode_covariates,
+            pseudo_inputs, pseudo_input_batch,
             pseudo_input_cat_covs, flow_steps,
         )  # fmt: skip
 
@@ -327,25 +323,25 @@ class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
     def _outputs(
         self, qz: MixtureNormal, latent: dict, ql: Distribution | None, library: torch.Tensor
     ) -> dict[str, torch.Tensor | Distribution | None]:
-        """Inference outputs: ``qz``, ``z``, ``ql``, ``library`` and, for stratified draws,
-        ``component`` (``[A, B]``, which component drew) and ``untran_z`` (the Gaussian draws
-        before scVI's ``latent_distribution`` transform, which the bounds score)."""
-        draws = latent["draws"]
+        """Inference outputs: ``qz``, ``z``, ``ql``, ``library``, ``untran_z`` (the draws before
+        scVI's ``latent_distribution`` transform, which the bounds score), for stratified draws
+        ``component`` (``[A, B]``, which component drew), the flow's ``base_z`` and
+        ``flow_log_det`` (:meth:`_draw_latent`) and, in training with a VampPrior,
+        ``pseudo_qz``."""
+        latent = dict(latent)
+        draws = latent.pop("draws")
         if ql is None or math.prod(draws) == 1:
             # the library encoder already drew one sample: reuse it, so S = 1 is scVI's draws
             library = library.expand(*draws, *library.shape)
         else:
             library = ql.rsample(draws)
         return {
-            MODULE_KEYS.Z_KEY: self._z_transformation(latent["untran_z"]),
+            MODULE_KEYS.Z_KEY: self._z_transformation(latent[UNTRANSFORMED_Z_KEY]),
             MODULE_KEYS.QZ_KEY: qz,
             MODULE_KEYS.QL_KEY: ql,
             MODULE_KEYS.LIBRARY_KEY: library,
-            COMPONENT_KEY: latent["component"],
-            UNTRANSFORMED_Z_KEY: latent["untran_z"],
-            BASE_Z_KEY: latent[BASE_Z_KEY],
-            LOG_DET_KEY: latent[LOG_DET_KEY],
-            PSEUDO_QZ_KEY: latent.get(PSEUDO_QZ_KEY),
+            PSEUDO_QZ_KEY: None,
+            **latent,  # the draws (and the flow's base draws and log-determinant)
         }
 
     @auto_move_data

@@ -50,7 +50,7 @@ class PriorFlowMixin:
         self,
         prior: PriorName,
         n_prior_components: int | None,
-        n_input_encoder: int,
+        n_pseudo_input: int,
         pseudo_inputs: torch.Tensor | None,
         pseudo_input_batch: torch.Tensor | None,
         pseudo_input_cat_covs: torch.Tensor | None,
@@ -73,11 +73,11 @@ class PriorFlowMixin:
             self.prior = MixtureOfGaussiansPrior(self.n_latent, k)
         else:
             if pseudo_inputs is None:  # filled by the model from cells, or from a saved state
-                pseudo_inputs = torch.zeros(k, n_input_encoder)
-            if pseudo_inputs.shape != (pseudo_inputs.shape[0], n_input_encoder):
+                pseudo_inputs = torch.zeros(k, n_pseudo_input)
+            if pseudo_inputs.shape != (pseudo_inputs.shape[0], n_pseudo_input):
                 raise ValueError(
-                    f"pseudo_inputs must have shape [K, {n_input_encoder}] (the encoder's "
-                    f"input), got {tuple(pseudo_inputs.shape)}."
+                    f"pseudo_inputs must have shape [K, {n_pseudo_input}] (log1p counts and "
+                    f"encoded continuous covariates), got {tuple(pseudo_inputs.shape)}."
                 )
             k = pseudo_inputs.shape[0]
             batch = torch.zeros(k, 1) if pseudo_input_batch is None else pseudo_input_batch
@@ -104,8 +104,8 @@ class PriorFlowMixin:
             return categorical
         return (self.pseudo_input_batch, *categorical)
 
-    def _pseudo_encoder_input(self) -> torch.Tensor:
-        u = self.prior.pseudo_inputs
+    def _pseudo_encoder_input(self, u: torch.Tensor) -> torch.Tensor:
+        """The pseudo-inputs as the encoder reads them (an encoded batch embedding appended)."""
         if self.encode_covariates and self.batch_representation == "embedding":
             from scvi import REGISTRY_KEYS
 
@@ -117,8 +117,9 @@ class PriorFlowMixin:
 
     def _encode_pseudo_inputs(self, pseudo_inputs: torch.Tensor) -> MixtureNormal:
         """The mixture posterior of the pseudo-inputs, ``[S, K, D]`` (the VampPrior's parts)."""
-        del pseudo_inputs  # always this module's own, with their covariates
-        return self.z_encoder(self._pseudo_encoder_input(), *self._pseudo_input_covariates())
+        return self.z_encoder(
+            self._pseudo_encoder_input(pseudo_inputs), *self._pseudo_input_covariates()
+        )
 
     def _encode_with_pseudo_inputs(
         self, encoder_input: torch.Tensor, covariates: tuple
@@ -137,7 +138,7 @@ class PriorFlowMixin:
         pseudo_covariates = self._pseudo_input_covariates()
         pairs = zip(covariates, pseudo_covariates, strict=True)
         joint = self.z_encoder(
-            torch.cat([encoder_input, self._pseudo_encoder_input()]),
+            torch.cat([encoder_input, self._pseudo_encoder_input(self.prior.pseudo_inputs)]),
             *(torch.cat([c, p.to(c.dtype)]) for c, p in pairs),
         )
         loc, scale = joint.component_loc, joint.component_scale
@@ -183,11 +184,11 @@ class PriorFlowMixin:
         if self.flow is not None:
             untran_z, log_det = self.flow(base_z)
         return {
-            "untran_z": untran_z,
-            "component": component,
-            "draws": draws,
+            UNTRANSFORMED_Z_KEY: untran_z,
+            COMPONENT_KEY: component,
             BASE_Z_KEY: base_z,
             LOG_DET_KEY: log_det,
+            "draws": draws,
         }
 
     def posterior_terms(
