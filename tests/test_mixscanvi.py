@@ -136,11 +136,13 @@ def test_bad_references_and_labels_get_one_line_errors(pbmc, mixscvi):
     adata = pbmc[:200].copy()
     scvi.model.SCVI.setup_anndata(adata, layer="counts")
     plain = scvi.model.SCVI(adata)
-    with pytest.raises(TypeError, match=r"needs a trained scmixvae\.MixSCVI"):
+    with pytest.raises(TypeError, match=r"needs a scmixvae\.MixSCVI"):
         MixSCANVI.from_scvi_model(plain, UNLABELED, labels_key="label")
     MixSCVI.setup_anndata(adata, layer="counts")
-    with pytest.raises(RuntimeError, match="hasn't been trained"):
-        MixSCANVI.from_scvi_model(MixSCVI(adata, n_components=2), UNLABELED, labels_key="label")
+    untrained = MixSCVI(adata, n_components=2)
+    with pytest.warns(UserWarning, match="hasn't been trained"):  # as SCANVI: warn, convert
+        converted = MixSCANVI.from_scvi_model(untrained, UNLABELED, labels_key="label")
+    assert converted.n_components == 2 and not converted.is_trained
     with pytest.raises(KeyError, match=r"'missing' is not in adata\.obs"):
         MixSCANVI.from_scvi_model(mixscvi, UNLABELED, labels_key="missing")
     only_unlabeled = mixscvi.adata.copy()

@@ -331,3 +331,31 @@ def test_scvi_options_work_alike(options):
                         model.get_normalized_expression(n_samples=2))  # fmt: skip
     assert _structure(results[MixSCVI]) == _structure(results[scvi.model.SCVI])
     assert np.isfinite(float(results[MixSCVI][1]))
+
+
+def test_latent_of_a_module_wrapped_in_a_mock(models):
+    """scvi-tools' test_scvi_get_latent_rep_backwards_compat: the module wrapped in
+    ``mock.Mock(wraps=...)`` whose inference returns the legacy ``qzm``/``qzv``; the model's
+    settings must not be read off the module (a Mock's attributes are Mocks)."""
+    from unittest import mock
+
+    from scvi.module._constants import MODULE_KEYS
+
+    for model in models.values():
+        module = model.module
+        expected = model.get_latent_representation()
+        wrapped = mock.Mock(wraps=module)
+
+        def legacy_inference(*args, module=module, **kwargs):
+            outputs = dict(module.inference(*args, **kwargs))
+            qz = outputs.pop(MODULE_KEYS.QZ_KEY)
+            outputs[MODULE_KEYS.QZM_KEY], outputs[MODULE_KEYS.QZV_KEY] = qz.loc, qz.scale**2
+            return outputs
+
+        wrapped.inference.side_effect = legacy_inference
+        model.module = wrapped
+        try:
+            latent = model.get_latent_representation()
+        finally:
+            model.module = module
+        np.testing.assert_allclose(latent, expected, rtol=1e-5, atol=1e-6)

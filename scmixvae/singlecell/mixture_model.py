@@ -35,6 +35,7 @@ from .safety import (
     check_prior_state,
     check_same_genes,
     check_shared_encoder_layout,
+    init_param,
 )
 from .validation import check_counts
 
@@ -53,9 +54,15 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
     @property
     def n_components(self) -> int:
         """Number of mixture components ``S``."""
-        if self.module is not None:
-            return self.module.n_components
-        return self._module_kwargs["n_components"]
+        # The constructor's record first: scvi-tools' own tests wrap the module in a Mock,
+        # whose attributes are Mocks, not the module's settings.
+        if "n_components" in getattr(self, "_module_kwargs", {}):
+            return int(self._module_kwargs["n_components"])
+        return self.module.n_components
+
+    def _setting(self, name: str, default):
+        """A constructor argument as recorded in ``init_params_`` (not read off the module)."""
+        return init_param(getattr(self, "init_params_", {}), name, default)
 
     def train(
         self,
@@ -243,7 +250,7 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         if MODULE_KEYS.QZ_KEY in outputs:
             return outputs[MODULE_KEYS.QZ_KEY]
         qzm, qzv = outputs[MODULE_KEYS.QZM_KEY], outputs[MODULE_KEYS.QZV_KEY]
-        if qzm.shape[-1] == self.module.n_latent:
+        if qzm.shape[-1] == self._setting("n_latent", 10):
             return MixtureNormal(qzm.unsqueeze(0), qzv.sqrt().unsqueeze(0))
         return mixture_from_flat(qzm, qzv, self.n_components)
 
@@ -309,7 +316,8 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         for _, qz in self._mixtures(adata, indices, batch_size, dataloader):
             if component is None:
                 mean, var = flow(qz.loc), qz.variance
-                if self.module.latent_distribution == "ln" and give_mean and not return_dist:
+                ln = self._setting("latent_distribution", "normal") == "ln"
+                if ln and give_mean and not return_dist:
                     mean = transform(qz.sample_mixture(mc_samples)).mean(0)
                 draw = transform(qz.sample_mixture(())) if not give_mean else None
             elif component == "all":

@@ -69,7 +69,7 @@ def check_shared_encoder_layout(saved: dict, where: str | os.PathLike) -> None:
     )
 
 
-def _init_param(init_params: dict, name: str, default=None):
+def init_param(init_params: dict, name: str, default=None):
     """A saved model's constructor argument, wherever scvi-tools filed it."""
     if name in init_params.get("non_kwargs", {}):
         return init_params["non_kwargs"][name]
@@ -82,7 +82,7 @@ def _init_param(init_params: dict, name: str, default=None):
 def check_prior_state(saved: dict, where: str | os.PathLike) -> None:
     """Refuse, in one line, a VampPrior model whose saved weights lack its pseudo-inputs."""
     init_params = saved.get("attr_dict", {}).get("init_params_", {})
-    if _init_param(init_params, "prior", "standard_normal") != "vamp":
+    if init_param(init_params, "prior", "standard_normal") != "vamp":
         return
     if "prior.pseudo_inputs" not in saved.get("model_state_dict", {}):
         raise ValueError(

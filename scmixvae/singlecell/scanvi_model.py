@@ -220,17 +220,24 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
         ------
         TypeError
             If ``scvi_model`` is not a MixSCVI.
-        RuntimeError
-            If it was never trained.
+
+        Warns
+        -----
+        UserWarning
+            If it was never trained (as SCANVI; the conversion still happens).
         """
         if not isinstance(scvi_model, MixSCVI):
             raise TypeError(
-                f"MixSCANVI.from_scvi_model needs a trained scmixvae.MixSCVI, got "
+                f"MixSCANVI.from_scvi_model needs a scmixvae.MixSCVI, got "
                 f"{type(scvi_model).__name__}; for scvi-tools' SCVI use scvi.model.SCANVI."
             )
         refuse_latent_prior(scvi_model.module.prior_name if scvi_model.module else "")
-        scvi_model._check_if_trained(  # before anything reads its data
-            warn=False, message="the MixSCVI given hasn't been trained yet: train it first."
+        # As SCANVI: an untrained reference converts with a warning (scvi-tools' own tests do
+        # this); its components start from different random weights and only the training
+        # that follows makes them a fitted mixture.
+        scvi_model._check_if_trained(
+            message="the MixSCVI given hasn't been trained yet: its mixture components are "
+            "untrained; train it first for scANVI's usual workflow."
         )
         data = adata if adata is not None else scvi_model.adata
         key = labels_key or scvi_model.registry["setup_args"].get("labels_key")
@@ -271,7 +278,9 @@ class MixSCANVI(MixtureModelMixin, SCANVI):
         ``use_posterior_mean=True``: the classifier at each component's mean;
         ``False``: averaged over ``n_samples`` draws from each component.
         """
-        self._check_if_trained(warn=False)
+        # As SCANVI.predict: a query model straight from load_query_data (reference weights,
+        # new batch weights untrained) may predict; warn, do not refuse.
+        self._check_if_trained(warn=True)
         self.module.eval()
         out = []
         for tensors in self._minibatches(adata, indices, batch_size, dataloader):
