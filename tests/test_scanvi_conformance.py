@@ -144,8 +144,10 @@ def test_an_untrained_query_model_saved_and_loaded_predicts_alike(models, tmp_pa
             warnings.simplefilter("always")
             outputs[key] = (loaded.predict(soft=True), loaded.get_elbo())
         if key == "scmixvae":  # SCANVI predicts silently; the mixture says it is untrained
-            assert any("not trained" in str(w.message).lower() or "untrained" in
-                       str(w.message).lower() for w in caught), [str(w.message) for w in caught]
+            assert any(
+                "not trained" in str(w.message).lower() or "untrained" in str(w.message).lower()
+                for w in caught
+            ), [str(w.message) for w in caught]
     assert _structure(outputs["scmixvae"]) == _structure(outputs["scvi-tools"])
     probabilities = outputs["scmixvae"][0].to_numpy()
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
