@@ -48,14 +48,24 @@ def _add_fit_parser(subparsers) -> None:
             "responsibilities and uncertainty, leiden clusters (.obs['leiden']) and a UMAP "
             "(.obsm['X_umap']). INPUT is an .h5ad path or a registered dataset name "
             "(pbmc3k, sorted_pbmc, mouse_bladder, worm_neuron, kang_ifnb) read from "
-            "$SCMIXVAE_DATA_DIR."
+            "$SCMIXVAE_DATA_DIR. A TileDB-SOMA experiment (needs scmixvae[atlas]) is trained "
+            "from disk, never loaded or written; OUTPUT then holds only the cells' obs_id, "
+            "soma_joinid and .obsm['X_mixscvi'] (no neighbours, leiden or UMAP)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("input", help=".h5ad file, or a registered dataset name")
+    p.add_argument(
+        "input", help=".h5ad file, a TileDB-SOMA experiment (path or URI), or a dataset name"
+    )
     p.add_argument("output", help="output .h5ad (written atomically)")
     _add_mixture_options(p, default_components=5)
-    p.add_argument("--layer", default=None, help="layer holding raw counts (default: .X)")
+    p.add_argument(
+        "--layer", default=None,
+        help="layer holding raw counts (default: .X; for a SOMA experiment the X layer 'data')",
+    )  # fmt: skip
+    p.add_argument(
+        "--measurement", default="RNA", help="SOMA measurement holding the counts (SOMA input)"
+    )
     p.add_argument("--batch-key", default=None, help="obs column with the batch")
     p.add_argument("--labels-key", default=None, help="obs column with labels (kept, unused)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (scvi-tools default)")
@@ -139,7 +149,7 @@ def _read_input(source: str, layer: str | None):
     if source in COUNT_DATASETS:
         return load_counts(source), layer or "counts"
     raise InputError(
-        f"input {source!r} is neither an .h5ad file nor a dataset name "
+        f"input {source!r} is neither an .h5ad file, a SOMA experiment nor a dataset name "
         f"({', '.join(COUNT_DATASETS)})."
     )
 
@@ -159,6 +169,13 @@ def _check_keys(adata, layer: str | None, batch_key: str | None, labels_key: str
 
 def _fit(args: argparse.Namespace) -> int:
     _check_fit_arguments(args)
+    if Path(args.input).is_dir() or "://" in args.input:  # a SOMA experiment is a folder
+        from scmixvae.singlecell.soma import is_soma_experiment
+
+        if is_soma_experiment(args.input):
+            from scmixvae.cli_atlas import fit_soma
+
+            return fit_soma(args)
     adata, layer = _read_input(args.input, args.layer)
     _check_keys(adata, layer, args.batch_key, args.labels_key)
     logger.info("read %d cells x %d genes", adata.n_obs, adata.n_vars)

@@ -98,3 +98,16 @@ def test_training_device_resolves_as_scvi_tools_device_backed_splitter():
         theirs = DeviceBackedDataSplitter(manager, accelerator=accelerator, device=device).device
         assert _compat.training_device(accelerator, device) == theirs
         assert isinstance(theirs, torch.device)
+
+
+def test_scvi_tools_still_has_the_file_reader_and_initialiser_datamodule_loading_uses():
+    """_compat.load_datamodule_model calls these two scvi-tools internals."""
+    import inspect
+
+    from scvi.model.base import _save_load
+
+    reader = inspect.signature(_save_load._load_saved_files).parameters
+    assert list(reader)[:2] == ["dir_path", "load_adata"] and "prefix" in reader
+    assert list(inspect.signature(_save_load._initialize_model).parameters) == [
+        "cls", "adata", "registry", "attr_dict", "datamodule",
+    ]  # fmt: skip

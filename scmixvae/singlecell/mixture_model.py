@@ -111,6 +111,8 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         callbacks += [guard, RNGStateCheckpoint()]
         result = super().train(*args, callbacks=callbacks, **kwargs)
         guard.raise_if_diverged()
+        if kwargs.get("datamodule") is not None and not device_data:
+            self._training_datamodule = kwargs["datamodule"]  # what save() needs, as default
         return result
 
     def save(
@@ -127,8 +129,16 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         one by one, so a crash or a full disk during the save leaves the previous model
         loadable. The saved model holds the weights, the setup arguments and the gene names,
         never the data (unless ``save_anndata=True``). Arguments as
-        :meth:`scvi.model.SCVI.save`.
+        :meth:`scvi.model.SCVI.save`; a model trained from a datamodule (a SOMA store) is saved
+        with the datamodule it was last trained with unless ``datamodule=`` names another.
         """
+        if self.registry.get("setup_method_name") == "setup_datamodule":
+            kwargs.setdefault("datamodule", getattr(self, "_training_datamodule", None))
+            if kwargs["datamodule"] is None:
+                raise ValueError(
+                    "this model was set up from a datamodule: pass datamodule=... to save() "
+                    "(scvi-tools stores its batch and label mappings)."
+                )
         atomic_save_dir(
             lambda tmp: super(MixtureModelMixin, self).save(
                 tmp, prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs
@@ -158,9 +168,14 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
             saved = torch.load(path, map_location="cpu", weights_only=False)
             check_shared_encoder_layout(saved, dir_path)
             check_prior_state(saved, dir_path)
-            if adata is not None:
+            if isinstance(adata, AnnData):  # adata=False: a model of a datamodule (scvi-tools)
                 check_same_genes(
                     saved["var_names"], adata.var_names, f"the model saved in {dir_path}"
+                )
+            registry = saved.get("attr_dict", {}).get("registry_", {})
+            if not adata and registry.get("setup_method_name") == "setup_datamodule":
+                return _compat.load_datamodule_model(
+                    cls, dir_path, prefix, kwargs.get("datamodule")
                 )
         with restoring_weights():  # the saved state holds the learned pseudo-inputs
             return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)

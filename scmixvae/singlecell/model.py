@@ -164,6 +164,11 @@ class MixSCVI(
             raise ValueError(
                 f"pseudoinputs_data_indices is for prior='vamp' only (got prior={prior!r})."
             )
+        if adata is None and prior == "vamp":
+            raise ValueError(
+                "prior='vamp' needs an AnnData: its pseudo-inputs start on real cells; trained "
+                "from a datamodule (a SOMA store) use prior='mog' and/or flow_steps."
+            )
         if adata is None and registry is None:  # the module is built by train(datamodule=...)
             _compat.init_without_data(self)
         else:
@@ -200,11 +205,6 @@ class MixSCVI(
             f"prior: {prior}, flow_steps: {flow_steps}."
         )
         if self._module_init_on_train:
-            if prior == "vamp":
-                raise ValueError(
-                    "prior='vamp' places its pseudo-inputs on registered cells: build the model "
-                    "with an AnnData (datamodule training takes 'standard_normal' or 'mog')."
-                )
             if not use_observed_lib_size:
                 raise ValueError(
                     "use_observed_lib_size=False needs the library-size prior of an AnnData; "
