@@ -35,7 +35,7 @@ IMAGE_ARGS ?= --arch vanilla --dataset mnist --models S1 S5:shared:A1 S50:shared
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[test,notebooks,bench,docs]"
+	$(PYTHON) -m pip install -q -e ".[test,notebooks,bench,docs,atlas]"
 
 lint:
 	$(PYTHON) -m ruff check .

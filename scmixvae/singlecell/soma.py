@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -132,6 +133,21 @@ def _check_experiment(uri: str, measurement: str, layer: str, columns: list[str]
             raise KeyError(f"{missing} not in the obs of {uri} (columns: {obs_columns}).")
 
 
+@contextmanager
+def _one_process() -> Iterator[None]:
+    """Let tiledbsoma-ml see rank 0 of 1, even inside a DDP process group."""
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", WORLD_SIZE="1")  # read before the process group
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _datamodule_class():
     from scvi.dataloaders import TileDBDataModule
 
@@ -146,9 +162,15 @@ def _datamodule_class():
             self.layer = layer
             super().__init__(query, *args, layer_name=layer, **kwargs)
 
+        whole_stream = False  # set by inference_datamodule: every cell, in this process
+
         def setup(self, stage: str | None = None) -> None:
             self.snapshot.check_unchanged()
-            super().setup(stage)
+            if self.whole_stream:  # tiledbsoma-ml fixes its DDP share when the dataset is made
+                with _one_process():
+                    super().setup(stage)
+            else:
+                super().setup(stage)
             # tiledbsoma-ml returns only the columns it is asked for; the join ids let
             # embed_soma place every cell, whatever order the stream yields.
             for dataset in (self.train_dataset, self.val_dataset):
@@ -316,6 +338,7 @@ def inference_datamodule(model, experiment: str | os.PathLike, **kwargs: Any):
             f"{len(unknown)} batch value(s) of {experiment} are not among the model's "
             f"(e.g. {unknown[:3]}); map a new batch with load_query_data first."
         )
+    datamodule.whole_stream = True
     datamodule.setup()
     return datamodule
 
