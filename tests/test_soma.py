@@ -15,11 +15,11 @@ import scvi
 from scvi.data import synthetic_iid
 
 pytest.importorskip("tiledbsoma_ml")
-import tiledbsoma.io  # noqa: E402
+import tiledbsoma.io
 
-from scmixvae import MixSCANVI, MixSCVI  # noqa: E402
-from scmixvae.cli import main  # noqa: E402
-from scmixvae.singlecell.soma import (  # noqa: E402
+from scmixvae import MixSCANVI, MixSCVI
+from scmixvae.cli import main
+from scmixvae.singlecell.soma import (
     StoreChangedError,
     embed_soma,
     inference_datamodule,
@@ -149,8 +149,9 @@ def test_a_store_changed_after_its_datamodule_was_made_is_refused(tmp_path):
 def test_cli_fits_a_soma_experiment_and_writes_only_the_embedding(store, tmp_path, capsys):
     uri, adata = store
     out = tmp_path / "embedding.h5ad"
+    model_dir = str(tmp_path / "m")
     argv = ["fit", uri, str(out), "--batch-key", "batch", "--epochs", "1",
-            "--n-components", "2", "--no-progress-bar", "--model-dir", str(tmp_path / "m")]  # fmt: skip
+            "--n-components", "2", "--no-progress-bar", "--model-dir", model_dir]  # fmt: skip
     assert main(argv) == 0
     import anndata as ad
 
