@@ -35,18 +35,30 @@ def test_version_has_one_source():
 
 
 def test_readme_quick_start_runs(data_dir, monkeypatch):
-    """The README's single-cell quick start, as written, on fewer genes and epochs."""
+    """Every Python snippet of the README's single-cell quick start, as written and in order
+    (the embedding, then label transfer), on fewer genes and epochs."""
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("## Quick start: single cell", 1)[1].split("```python", 1)[1]
-    code = block.split("```", 1)[0]
-    assert "max_epochs=400" in code and "n_top_genes=2000" in code
-    code = code.replace("max_epochs=400", "max_epochs=2").replace("n_top_genes=2000",
-                                                                  "n_top_genes=300")  # fmt: skip
+    section = readme.split("## Quick start: single cell", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python")[1:]]
+    assert len(blocks) == 2, "the quick start has the embedding and the label-transfer snippets"
+    code = "\n".join(blocks)
+    for long, short in (("max_epochs=400", "max_epochs=2"), ("max_epochs=200", "max_epochs=2"),
+                        ("n_top_genes=2000", "n_top_genes=300")):  # fmt: skip
+        assert long in code
+        code = code.replace(long, short)
     code = code.replace("sc.pl.umap(", "(lambda *a, **k: None)(")  # no figure in a test
+    code = code.replace("scmixvae.tl.label_transfer(reference, query)",
+                        "scmixvae.tl.label_transfer(reference, query, max_epochs=1)")  # fmt: skip
     monkeypatch.setenv("SCMIXVAE_DATA_DIR", str(data_dir))
+    import matplotlib
+
+    matplotlib.use("Agg")  # the label-transfer figure is drawn, not shown
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     adata = namespace["adata"]
     assert adata.obsm["X_mixscvi"].shape == (adata.n_obs, 10)
     assert "leiden" in adata.obs and "X_umap" in adata.obsm
     assert (adata.obs["uncertainty"] > 0).all()
+    query = namespace["query"]
+    labels = set(namespace["ref"].obs["cell_type"])
+    assert set(query.obs["label_transfer_label"]) <= labels | {"Unknown"}

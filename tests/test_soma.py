@@ -164,3 +164,12 @@ def test_cli_fits_a_soma_experiment_and_writes_only_the_embedding(store, tmp_pat
     assert main(["fit", uri, str(bad)]) == 2
     assert "--batch-key is required" in capsys.readouterr().err
     assert not bad.exists()
+
+
+def test_query_mapping_onto_a_reference_trained_from_a_store_is_refused(trained, tmp_path):
+    query = synthetic_iid(n_genes=100)
+    query.obs["batch"] = "new"
+    trained.save(str(tmp_path / "ref"))
+    for reference in (trained, str(tmp_path / "ref")):
+        with pytest.raises(ValueError, match="reference trained from a datamodule"):
+            MixSCVI.load_query_data(query, reference)

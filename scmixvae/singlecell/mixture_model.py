@@ -44,6 +44,24 @@ logger = logging.getLogger(__name__)
 ComponentSelection = int | Literal["all"] | None
 
 
+def _refuse_datamodule_reference(reference_model) -> None:
+    """Refuse scArches mapping onto a reference trained from a datamodule (a SOMA store)."""
+    if isinstance(reference_model, str | Path):
+        path = Path(reference_model) / "model.pt"
+        if not path.is_file():
+            return  # scvi-tools names the missing file
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        registry = saved.get("attr_dict", {}).get("registry_", {})
+    else:
+        registry = getattr(reference_model, "registry", None) or {}
+    if registry.get("setup_method_name") == "setup_datamodule":
+        raise ValueError(
+            "query mapping onto a reference trained from a datamodule (a SOMA store) is not "
+            "supported: scvi-tools 1.4 rebuilds such a module with the reference's batches only. "
+            "Train the reference from an AnnData (backed='r' for one larger than memory)."
+        )
+
+
 class MixtureModelMixin(MixtureDiagnosticsMixin):
     """The mixture posterior's methods, shared by every scmixvae model class."""
 
@@ -195,6 +213,7 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         a VampPrior's pseudo-inputs keep their reference batch covariates, so the query's
         cells are mapped under the reference's prior.
         """
+        _refuse_datamodule_reference(reference_model)
         with restoring_weights():
             model = super().load_query_data(adata, reference_model, **kwargs)
         if not kwargs.get("unfrozen", False):

@@ -189,6 +189,8 @@ def _datamodule_class():
             registry = super().registry
             x_state = registry["field_registries"]["X"]["state_registry"]
             x_state["column_names"] = list(self.snapshot.var_names)
+            if len(self.batch_column_names) == 1:  # an AnnData query names the same column
+                registry["setup_args"]["batch_key"] = self.batch_column_names[0]
             registry[SOMA_REGISTRY_KEY] = {
                 "measurement": self.snapshot.measurement,
                 "layer": self.layer,
