@@ -64,25 +64,25 @@ demo: install
 bench: install
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(CONVERGED_ARGS)
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell $(PATIENCE_ARGS)
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.init_control --dataset mouse_bladder \
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.singlecell.init_control --dataset mouse_bladder \
 		--seeds 0 1 2 3 4 --resume
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.integration \
 		--task sorted_pbmc --models scvi S5 S50:shared:A1:H64 --seeds 0 1 2 --resume
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.integration \
 		--task kang_ifnb --models scvi S5:shared:A1 S50:shared:A1 S5 --seeds 0 1 2 --resume
-	# trained on a lent H200 by benchmarks/device_run_integration.sh (--train-only); with
+	# trained on a lent H200 by benchmarks/integration/device_run.sh (--train-only); with
 	# --resume a CPU keeps the committed scores and trains only what the report lacks
 	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.integration --task kang_ifnb \
 		--models scvi S5 scvi:L2 S5:L2 --seeds 0 1 2 --resume --threads 1 \
 		--out benchmarks/results/gpu_h200
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s $(IMAGE_ARGS)
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.images.nll_vs_s $(IMAGE_ARGS)
 	# seeds 1-2 trained on a lent H200 by benchmarks/device_run.sh; rebuilt from their files
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s --arch vanilla \
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.images.nll_vs_s --arch vanilla \
 		--dataset mnist --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
 		--seeds 0 1 2 --epochs 42 --warmup-epochs 10 --total-samples 5000 --test-subset 2000 \
 		--runs benchmarks/results/gpu_h200/image_runs_42 --out benchmarks/results/gpu_h200 \
 		--stem image_vanilla_mnist_gpu_42_seeds --report-only
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_nll_vs_s --arch vanilla \
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.images.nll_vs_s --arch vanilla \
 		--dataset mnist --models S1 S1:shared S5 S5:shared S5:shared:A1 S50:shared:A1 \
 		--epochs 10 --warmup-epochs 5 --total-samples 1000 --test-subset 1000 \
 		--stem image_vanilla_mnist_shared_encoder --threads 1 --resume
@@ -93,12 +93,12 @@ bench: install
 		S5:shared:A1:H64 S200:shared:A1:H64
 	$(PYTHON) -m benchmarks.cost --cells 10000 --repeats 2 --epochs 4 --stem cost_depth \
 		--models scvi scvi:L2 S5 S5:L2 S5:shared:A1:L2
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.images.cost --arch vanilla \
 		--repeats 2 --epochs 3 --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.image_cost --arch vanilla \
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.images.cost --arch vanilla \
 		--repeats 1 --epochs 2 --models S1 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
 		--stem image_cost_vanilla_shared
-	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.diagnostics_cost
+	SCMIXVAE_DATA_DIR=$(DATA_DIR) $(PYTHON) -m benchmarks.cost.diagnostics
 	# the cookbook's recipes for counts (issue 33); each stage resumes
 	for stage in screen full depth cost; do \
-		SCMIXVAE_DATA_DIR=$(DATA_DIR) bash benchmarks/run_cookbook.sh $$stage || exit 1; done
+		SCMIXVAE_DATA_DIR=$(DATA_DIR) bash benchmarks/cookbook/run.sh $$stage || exit 1; done

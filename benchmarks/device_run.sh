@@ -50,15 +50,15 @@ pack
 
 stamp "image cost"
 # shellcheck disable=SC2086
-timeout 130 "$PY" -m benchmarks.image_cost --arch vanilla --epochs 2 $SUBSET \
+timeout 130 "$PY" -m benchmarks.images.cost --arch vanilla --epochs 2 $SUBSET \
     --stem image_cost_vanilla_gpu --out "$RES" --models S1 S5 S5:shared:A1 --data device loader
-pkill -f "benchmarks.image_cost --child"
+pkill -f "benchmarks.images.cost --child"
 pack
 fi
 
 image_run() {  # $1: model; $2: seed; $3: epochs; $4: samples per image; $5: stem
     # shellcheck disable=SC2086
-    "$PY" -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models "$1" \
+    "$PY" -m benchmarks.images.nll_vs_s --arch vanilla --dataset mnist --models "$1" \
         --seeds "$2" --epochs "$3" --warmup-epochs $WARMUP --total-samples "$4" $SUBSET $TEST \
         --runs "$RUNS" --out "$RES/parts" --stem "$5" --threads 2 --resume
 }
@@ -101,7 +101,7 @@ for d in "$RUNS"/*/; do
 done
 pack
 # shellcheck disable=SC2086
-"$PY" -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
+"$PY" -m benchmarks.images.nll_vs_s --arch vanilla --dataset mnist --models $IMAGE_MODELS \
     --seeds $IMAGE_SEEDS --epochs "$EPOCHS" --warmup-epochs $WARMUP --total-samples $SAMPLES \
     $SUBSET $TEST --runs "$RUNS" --out "$RES" --stem "$IMAGE_STEM" --resume
 pack

@@ -163,7 +163,7 @@ def nll_vs_components(
     Parameters
     ----------
     results
-        A benchmark JSON written by ``benchmarks/image_nll_vs_s.py`` (path or loaded dict), or
+        A benchmark JSON written by ``benchmarks/images/nll_vs_s.py`` (path or loaded dict), or
         rows with keys ``S`` and ``test_nll_mixture`` (optionally ``test_nll_per_component``,
         ``negative_bound``).
     """

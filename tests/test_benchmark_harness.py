@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import cost
 from benchmarks._models import ModelSpec
 from benchmarks._paired import holm
-from benchmarks._singlecell_report import (
+from benchmarks.cost import epoch_time as cost
+from benchmarks.singlecell.protocol import _reusable_rows, main
+from benchmarks.singlecell.report import (
     METRICS,
     _paired_metric_lines,
     _paired_test_lines,
@@ -20,7 +21,6 @@ from benchmarks._singlecell_report import (
     paired_tests,
     with_paired_differences,
 )
-from benchmarks.singlecell import _reusable_rows, main
 
 TINY = ["--datasets", "sorted_pbmc", "--components", "1", "2", "--seeds", "0",
         "--max-epochs", "1", "--max-cells", "300", "--n-genes", "200",
@@ -151,7 +151,7 @@ def _fail_after_first_run(monkeypatch, module, row: dict) -> None:
 
 def test_cost_reports_keep_the_runs_finished_before_a_failure(tmp_path, monkeypatch):
     """A cost run cut short (a timeout on a lent GPU) still leaves the models it measured."""
-    from benchmarks import image_cost
+    from benchmarks.images import cost as image_cost
 
     sc_row = {"model": "SCVI", "code": "scvi", "n_cells": 300, "n_parameters": 10,
               "seconds_per_epoch": 0.5, "peak_rss_gb_training": 1.0, "device": "test GPU",
@@ -175,7 +175,7 @@ def test_cost_reports_keep_the_runs_finished_before_a_failure(tmp_path, monkeypa
 
 def test_singlecell_refuses_models_without_scvi_before_training(tmp_path, monkeypatch):
     """Without SCVI the paired report cannot be written: refused before any training."""
-    from benchmarks import singlecell
+    from benchmarks.singlecell import protocol as singlecell
 
     monkeypatch.setattr(singlecell, "run_dataset", lambda *a: pytest.fail("trained"))
     with pytest.raises(SystemExit):
@@ -351,7 +351,7 @@ def test_paired_metric_tests_pair_by_seed_and_correct_for_the_family():
 
 
 def test_image_cost_harness(tmp_path, data_dir):
-    from benchmarks import image_cost
+    from benchmarks.images import cost as image_cost
 
     argv = ["--models", "S1", "S3:shared:A1", "--subset", "200", "--epochs", "2"]
     rows = image_cost.main([*argv, "--out", str(tmp_path), "--data", "device", "loader"])
@@ -361,7 +361,7 @@ def test_image_cost_harness(tmp_path, data_dir):
     assert rows[0]["time_vs_s1"] == 1.0 and rows[1]["seconds_per_epoch"] > 0
     report = (tmp_path / "image_cost_vanilla.md").read_text()
     assert "| S=3, shared, A=1 |" in report
-    assert "Command: `python -m benchmarks.image_cost --models S1 S3:shared:A1" in report
+    assert "Command: `python -m benchmarks.images.cost --models S1 S3:shared:A1" in report
     # repeats: the fastest one is reported, every one listed
     specs = [image_cost.ModelSpec.parse(c) for c in ("S1", "S2")]
     runs = [{"code": c, "model": c, "seconds_per_epoch": t, "n_parameters": 1}
@@ -373,7 +373,7 @@ def test_image_cost_harness(tmp_path, data_dir):
 
 def test_integration_harness(tmp_path, data_dir):
     pytest.importorskip("scib_metrics")
-    from benchmarks import integration
+    from benchmarks.integration import protocol as integration
 
     args = ["--task", "sorted_pbmc", "--models", "scvi", "S3:shared:A1", "--seeds", "0",
             "--max-epochs", "2", "--max-cells", "1000", "--n-genes", "300",
@@ -399,7 +399,7 @@ def test_integration_harness(tmp_path, data_dir):
 
 def test_integration_harness_on_kang_reports_batch_mixing_only(tmp_path, data_dir):
     pytest.importorskip("scib_metrics")
-    from benchmarks import integration
+    from benchmarks.integration import protocol as integration
 
     args = ["--task", "kang_ifnb", "--models", "scvi", "--seeds", "0", "--max-epochs", "2",
             "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
@@ -424,7 +424,7 @@ def test_integration_resume_keeps_reported_scores_without_the_embeddings(tmp_pat
     pytest.importorskip("scib_metrics")
     import shutil
 
-    from benchmarks import integration
+    from benchmarks.integration import protocol as integration
 
     args = ["--task", "kang_ifnb", "--models", "scvi", "--max-epochs", "2",
             "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
@@ -476,7 +476,7 @@ def test_the_simulated_batch_thins_counts_as_documented():
     import numpy as np
     import scipy.sparse as sp
 
-    from benchmarks.integration import simulate_technical_batch
+    from benchmarks.integration.protocol import simulate_technical_batch
 
     rng = np.random.default_rng(0)
     counts = sp.csr_matrix(rng.poisson(20.0, size=(400, 300)).astype(np.float32))
@@ -494,7 +494,7 @@ def test_image_nll_harness_and_resume(tmp_path, data_dir):
 
     import numpy as np
 
-    from benchmarks import image_nll_vs_s
+    from benchmarks.images import nll_vs_s as image_nll_vs_s
 
     args = ["--models", "S1", "S3:shared:A1", "--epochs", "1", "--warmup-epochs", "1",
             "--subset", "200", "--test-subset", "20", "--total-samples", "6", "--seeds", "0", "1",
@@ -545,7 +545,7 @@ def test_the_likelihood_curve_leaves_training_unchanged(data_dir):
 
     import numpy as np
 
-    from benchmarks.singlecell import prepare, run_one
+    from benchmarks.singlecell.protocol import prepare, run_one
 
     adata, split = prepare("sorted_pbmc", 100, 0, max_cells=300)
     histories = []
@@ -567,7 +567,7 @@ def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(
 
     import numpy as np
 
-    from benchmarks import init_control
+    from benchmarks.singlecell import init_control
 
     reference = tmp_path / "bench.json"
     rows = [
@@ -595,7 +595,7 @@ def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(
     # another stream moves SCVI: the arms are not copies of the benchmark rows
     assert np.isfinite(entry[f"{other}: log p(x)"]) and entry[f"{other}: log p(x)"] != -100.0
     report = (tmp_path / "init_control_sorted_pbmc.md").read_text()
-    assert f"Command: `python -m benchmarks.init_control {' '.join(args)}`" in report
+    assert f"Command: `python -m benchmarks.singlecell.init_control {' '.join(args)}`" in report
 
     # resumed: the finished seed is not trained again
     def trained(*_):
@@ -615,7 +615,7 @@ def test_init_control_twin_follows_scvi_and_pairs_with_the_benchmark(
 
 
 def test_image_profile_harness(tmp_path, data_dir):
-    from benchmarks import image_profile
+    from benchmarks.images import profile as image_profile
 
     args = ["--models", "S1", "S3:shared:A1", "--steps", "3", "--warmup", "1",
             "--subset", "200", "--out", str(tmp_path)]  # fmt: skip
@@ -628,7 +628,7 @@ def test_image_profile_harness(tmp_path, data_dir):
     assert rows[1]["n_parameters"] > rows[0]["n_parameters"]  # the coded layer's code inputs
     report = (tmp_path / "image_profile_vanilla.md").read_text()
     assert "| S=3, shared, A=1 | " in report and "| – | – |" in report
-    assert f"Command: `python -m benchmarks.image_profile {' '.join(args)}`" in report
+    assert f"Command: `python -m benchmarks.images.profile {' '.join(args)}`" in report
 
 
 def test_device_run_script_smoke_on_the_cpu(tmp_path, data_dir):

@@ -10,8 +10,8 @@ import pytest
 import scvi
 import torch
 
-from benchmarks import cookbook
 from benchmarks._models import ModelSpec
+from benchmarks.cookbook import summary as cookbook
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from benchmarks import _authors_misvae
-from benchmarks.image_cost import main as image_cost_main
+from benchmarks.images import authors_misvae as _authors_misvae
+from benchmarks.images.cost import main as image_cost_main
 from scmixvae.image.data import ImageSplits
 
 TRAIN_S, EVAL_S = 0.15, 0.4

@@ -15,7 +15,7 @@ ARGS = ["--datasets", "sorted_pbmc", "--tasks", "B_small", "--seeds", "0", "1", 
 def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
     tmp_path, data_dir, monkeypatch
 ):
-    from benchmarks import label_transfer
+    from benchmarks.label_transfer import protocol as label_transfer
 
     label_transfer.main([*ARGS, "--out", str(tmp_path)])
     payload = json.loads((tmp_path / "label_transfer_sorted_pbmc.json").read_text())
@@ -85,8 +85,8 @@ def test_label_transfer_benchmark_scores_every_method_alike_and_resumes(
 def test_a_time_is_clean_only_when_the_load_stayed_at_the_runs_own_threads():
     import pandas as pd
 
-    from benchmarks._label_report import ran_alone
     from benchmarks._report import LoadMonitor
+    from benchmarks.label_transfer.report import ran_alone
 
     with LoadMonitor(every=0.01) as load:
         sum(range(10**5))

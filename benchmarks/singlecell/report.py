@@ -21,8 +21,8 @@ import scanpy as sc
 from scmixvae.io import atomic_path
 from scmixvae.mixture import DEFAULT_OBJECTIVE
 
-from ._models import REFERENCE, ModelSpec
-from ._paired import holm, paired_difference
+from .._models import REFERENCE, ModelSpec
+from .._paired import holm, paired_difference
 
 METRICS = ["kmeans_ari", "kmeans_nmi", "silhouette", "svm_accuracy", "leiden_ari", "leiden_nmi"]
 

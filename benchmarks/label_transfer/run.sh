@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The label-transfer grid, in the order it is worth running; every step resumes where it stopped.
-# Usage: bash benchmarks/run_label_transfer.sh [pbmc|others|shared|timing|rest]   (hours on 2 CPU cores)
+# Usage: bash benchmarks/label_transfer/run.sh [pbmc|others|shared|timing|rest]   (hours on 2 CPU cores)
 # The first two can run side by side with one torch thread each (OMP_NUM_THREADS=1); time the
 # others alone, one job on the machine.
 set -euo pipefail

@@ -62,10 +62,10 @@ import scvi
 from scmixvae.datasets import load_counts
 from scmixvae.io import atomic_path
 
-from ._models import ModelSpec
-from ._report import command_line, machine_description, write_report
+from .._models import ModelSpec
+from .._report import command_line, machine_description, write_report
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 TASKS = {"sorted_pbmc": ("batch", "cell_type"), "kang_ifnb": ("condition", None)}
 TASK_NOTES = {
     "sorted_pbmc": "Half of the FACS-sorted PBMCs (chosen at random) was thinned to 50 % depth "

@@ -3,7 +3,7 @@
 The runs themselves are :mod:`benchmarks.singlecell`'s converged protocol (800 epochs, early
 stopping with patience 100, KL warm-up over 20 epochs, held-out log p(x) from 1000 importance
 samples with each model's own prior), written to ``benchmarks/results/cookbook/`` by
-``benchmarks/run_cookbook.sh``. This script reads every finished row there (the reports and the
+``benchmarks/cookbook/run.sh``. This script reads every finished row there (the reports and the
 progress logs of runs still going) and writes, per dataset and recipe, paired by seed:
 
 * held-out log p(x) against SCVI and against ``SCVI(n_layers=2)`` (the bar to beat);
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._models import REFERENCE, ModelSpec
-from ._paired import holm, paired_difference
-from ._report import write_report
+from .._models import REFERENCE, ModelSpec
+from .._paired import holm, paired_difference
+from .._report import write_report
 
-OUT = Path(__file__).parent / "results" / "cookbook"
-# the screen's models (benchmarks/run_cookbook.sh); earlier rows of other models in the reused
+OUT = Path(__file__).parents[1] / "results" / "cookbook"
+# the screen's models (benchmarks/cookbook/run.sh); earlier rows of other models in the reused
 # reports are left out of the table
 MODELS = ["scvi", "scvi:L2", "S1", "S5", "S5:L2", "S1:vamp", "S5:vamp", "S1:mog", "S5:mog",
           "S1:F2", "S5:F2", "S1:vamp:F2", "S5:vamp:F2", "S1:L2:vamp", "S5:L2:vamp",
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.models != MODELS:
         command += " --models " + " ".join(args.models)
     # no top-level title: the documentation includes this file under its own headings
-    lines = ["**Which cookbook recipe pays for counts** (`benchmarks/cookbook.py`)", ""]
+    lines = ["**Which cookbook recipe pays for counts** (`benchmarks/cookbook/summary.py`)", ""]
     for dataset, table in results.items():
         lines += markdown(dataset, table, command)
     write_report(args.out / "summary", results, lines)

@@ -7,8 +7,8 @@ Writes ``benchmarks/results/scale.{json,md}``.
 
 Usage::
 
-    python -m benchmarks.scale --cells 100000 300000 1000000 --genes 2000 --components 5
-    python -m benchmarks.scale --cells 100000 --backed   # on-disk AnnData (h5ad, backed="r")
+    python -m benchmarks.cost.scale --cells 100000 300000 1000000 --genes 2000 --components 5
+    python -m benchmarks.cost.scale --cells 100000 --backed   # on-disk AnnData (h5ad, backed="r")
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
-from ._report import write_report
+from .._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
+from .._report import write_report
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 
 
 def synthetic_counts(n_cells: int, n_genes: int, seed: int = 0, chunk: int = 20_000):
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     for n_cells in args.cells:
-        cmd = [sys.executable, "-m", "benchmarks.scale", "--child", str(n_cells),
+        cmd = [sys.executable, "-m", "benchmarks.cost.scale", "--child", str(n_cells),
                "--genes", str(args.genes), "--components", str(args.components),
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]  # fmt: skip
         if args.max_steps:

@@ -14,11 +14,11 @@ each model's difference to the first model, paired by seed.
 
 Usage::
 
-    python -m benchmarks.image_nll_vs_s --arch vanilla --dataset mnist --components 1 2 3 4 5 \
+    python -m benchmarks.images.nll_vs_s --arch vanilla --dataset mnist --components 1 2 3 4 5 \
         --epochs 10 --warmup-epochs 5 --total-samples 1000
-    python -m benchmarks.image_nll_vs_s --models S1 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
+    python -m benchmarks.images.nll_vs_s --models S1 S5:shared:A1 S50:shared:A1 S200:shared:A1 \
         --epochs 50 --warmup-epochs 10 --total-samples 5000 --test-subset 2000 --resume
-    python -m benchmarks.image_nll_vs_s --models S1 S5 --seeds 0 1 2 --epochs 42 \
+    python -m benchmarks.images.nll_vs_s --models S1 S5 --seeds 0 1 2 --epochs 42 \
         --warmup-epochs 10 --total-samples 5000 --test-subset 2000 --resume
 """
 
@@ -38,11 +38,11 @@ import torch
 from scmixvae.image.training import ImageTrainConfig, evaluate, train
 from scmixvae.io import atomic_path
 
-from ._models import ModelSpec
-from ._paired import paired_difference
-from ._report import command_line, machine_description, write_report
+from .._models import ModelSpec
+from .._paired import paired_difference
+from .._report import command_line, machine_description, write_report
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # benchmarks/
 MACHINE_FILE = "trained_on.txt"
 
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "budget": budget,
         "importance_samples": importance,
         "machine": "; ".join(dict.fromkeys(r["machine"] for r in rows)),
-        "command": command_line("benchmarks.image_nll_vs_s", argv),
+        "command": command_line("benchmarks.images.nll_vs_s", argv),
         "rows": rows,
         "paired_with_first_model": _paired_with_first(rows, [s.code for s in specs]),
         "not_run": not_run,

@@ -47,9 +47,9 @@ from sklearn.svm import SVC
 
 from scmixvae.datasets import load_counts
 
-from ._models import REFERENCE, ModelSpec
-from ._report import command_line, write_report
-from ._singlecell_report import (
+from .._models import REFERENCE, ModelSpec
+from .._report import command_line, write_report
+from .report import (
     METRICS,
     _paired_metric_lines,
     _paired_test_lines,
@@ -63,7 +63,7 @@ from ._singlecell_report import (
     with_paired_differences,
 )
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 
 
 def prepare(dataset: str, n_genes: int, split_seed: int, max_cells: int | None = None):

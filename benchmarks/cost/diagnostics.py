@@ -8,7 +8,7 @@ dominant components they give. Writes ``benchmarks/results/diagnostics_cost.{jso
 
 Usage::
 
-    python -m benchmarks.diagnostics_cost --dataset kang_ifnb --n-components 5
+    python -m benchmarks.cost.diagnostics --dataset kang_ifnb --n-components 5
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import scvi
 from scmixvae import MixSCVI, tl
 from scmixvae.datasets import load_counts
 
-from ._report import write_report
+from .._report import write_report
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -58,12 +58,12 @@ from scmixvae.uncertainty import (
     unknown_threshold,
 )
 
-from ._label_report import write_dataset_report, write_summary
-from ._models import ModelSpec
-from ._report import LoadMonitor, command_line, machine_description
-from .integration import simulate_technical_batch
+from .._models import ModelSpec
+from .._report import LoadMonitor, command_line, machine_description
+from ..integration.protocol import simulate_technical_batch
+from .report import write_dataset_report, write_summary
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 DATASETS = ("sorted_pbmc", "mouse_bladder", "worm_neuron")
 UNLABELED = "Unknown"
 LABELS = "cell_type"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cookbook grid for counts (issue 33), in the order it is worth running; every step resumes
 # where it stopped (results in benchmarks/results/cookbook/, summary by benchmarks.cookbook).
-# Usage: bash benchmarks/run_cookbook.sh [screen|full|sweep|shared|depth|cost] [SEEDS...]
+# Usage: bash benchmarks/cookbook/run.sh [screen|full|sweep|shared|depth|cost] [SEEDS...]
 # Hours on 2 CPU cores. Two screen/full jobs can run side by side with one torch thread each
 # (OMP_NUM_THREADS=1, different seeds); their epoch times are then not comparable: the cost
 # stage measures epoch time alone, one job on the machine.

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
-from ._models import REFERENCE, ModelSpec
-from ._report import machine_description, write_report
-from ._timing import EpochTimer
+from .._memory import lifetime_peak_rss_gb, reset_peak_rss, status_gb
+from .._models import REFERENCE, ModelSpec
+from .._report import machine_description, write_report
+from .._timing import EpochTimer
 from .scale import synthetic_counts
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 
 
 def run_child(n_cells: int, spec: ModelSpec, args: argparse.Namespace) -> dict:

@@ -10,13 +10,13 @@ time; every repeat is listed). Writes ``benchmarks/results/<stem>.{json,md}``.
 
 Usage::
 
-    python -m benchmarks.image_cost --arch vanilla --repeats 2 \\
+    python -m benchmarks.images.cost --arch vanilla --repeats 2 \\
         --models S1 S5 S5:A1 S5:shared:A1 S50:shared:A1 S200:shared:A1
 
 Against the authors' code (a checkout of Lagergren-Lab/MixtureVAEs, timed in the same run; see
 :mod:`benchmarks._authors_misvae`)::
 
-    python -m benchmarks.image_cost --arch vanilla --epochs 3 --models S1 S5 \\
+    python -m benchmarks.images.cost --arch vanilla --epochs 3 --models S1 S5 \\
         --data device compiled authors --authors-code PATH --stem image_cost_authors
 """
 
@@ -30,11 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._models import ModelSpec
-from ._report import command_line, machine_description, write_report
-from ._timing import EpochTimer
+from .._models import ModelSpec
+from .._report import command_line, machine_description, write_report
+from .._timing import EpochTimer
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 # --data: images on the device (the default), the host DataLoader of 0.2, or on the device with
 # the training loss through torch.compile (its compilation falls in the untimed first epoch), or
 # the authors' own MISVAE code (Lagergren-Lab/MixtureVAEs, imported from --authors-code)
@@ -50,7 +50,7 @@ def run_child(spec: ModelSpec, args: argparse.Namespace) -> dict:
 
     path = args.data[0]
     if path == "authors":
-        from ._authors_misvae import time_authors_epochs
+        from .authors_misvae import time_authors_epochs
 
         timed = time_authors_epochs(args.authors_code, spec.n_components, args.dataset,
                                     args.epochs, args.subset)  # fmt: skip
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.command = command_line("benchmarks.image_cost", argv)
+    args.command = command_line("benchmarks.images.cost", argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is not timed")
     specs = [ModelSpec.parse(m) for m in args.models]
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "authors" in args.data:
         if args.authors_code is None:
             parser.error("--data authors needs --authors-code PATH (a MixtureVAEs checkout)")
-        from ._authors_misvae import authors_code_dir
+        from .authors_misvae import authors_code_dir
 
         authors_code_dir(args.authors_code)
         if args.arch != "vanilla" or args.dataset == "binarized_mnist":
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runs = []
     for _ in range(args.repeats):
         for spec, data in [(spec, data) for spec in specs for data in args.data]:
-            cmd = [sys.executable, "-m", "benchmarks.image_cost", "--child", spec.code,
+            cmd = [sys.executable, "-m", "benchmarks.images.cost", "--child", spec.code,
                    "--arch", args.arch, "--dataset", args.dataset,
                    "--epochs", str(args.epochs), "--data", data]  # fmt: skip
             if args.authors_code:
@@ -206,7 +206,8 @@ def report_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
                 "",
                 "The authors' code: Lagergren-Lab/MixtureVAEs (`mnist_train.trainer` and "
                 "`models.misvae.MISVAE`, run unmodified from the checkout given to "
-                "`--authors-code`, on the same images; see `benchmarks/_authors_misvae.py`).",
+                "`--authors-code`, on the same images; see "
+                "`benchmarks/images/authors_misvae.py`).",
             ]
             if vs_authors
             else []

@@ -6,7 +6,7 @@ tight estimator). Writes ``benchmarks/results/compare_scvi_<dataset>.{json,md}``
 
 Usage::
 
-    python -m benchmarks.compare_scvi --dataset pbmc3k --epochs 50
+    python -m benchmarks.singlecell.compare_scvi --dataset pbmc3k --epochs 50
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import scvi
 from scmixvae import MixSCVI
 from scmixvae.datasets import load_counts
 
-from ._report import machine_description, write_report
+from .._report import machine_description, write_report
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 
 
 def _prepare(dataset: str, n_top_genes: int, seed: int):
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "marginal_ll": f"importance sampling, {args.n_mc_samples} samples per cell; "
         "MixSCVI: mixture proposal, tight estimator",
         "machine": f"{machine_description()}, scvi-tools {scvi.__version__}",
-        "command": "python -m benchmarks.compare_scvi " + " ".join(argv or []),
+        "command": "python -m benchmarks.singlecell.compare_scvi " + " ".join(argv or []),
         "rows": rows,
     }
     lines = [

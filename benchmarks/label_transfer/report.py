@@ -13,7 +13,7 @@ import pandas as pd
 
 from scmixvae.io import atomic_path
 
-from ._paired import holm, paired_difference
+from .._paired import holm, paired_difference
 
 REFERENCE = "SCANVI"
 # (column, lower is better) of the tables; the paired tests use the same list
@@ -146,7 +146,8 @@ def write_dataset_report(dataset: str, rows: list[dict], out: Path, command: str
              "with scArches; mean ± sd over seeds. Calibration and error detection on the "
              "query's known types. Uncertainty for the AUROCs and the unknown flag: 1 − the "
              "predicted label's probability, unless named. The unknown threshold is chosen on "
-             "held-out reference cells for a 5 % error rate. See benchmarks/label_transfer.py.",
+             "held-out reference cells for a 5 % error rate. See "
+             "benchmarks/label_transfer/protocol.py.",
              ""]  # fmt: skip
     payload = {"dataset": dataset, "command": command, "tasks": {}}
     for task, group in frame.groupby("task", sort=False):

@@ -20,7 +20,7 @@ read from ``--reference`` (a :mod:`benchmarks.singlecell` JSON).
 
 Usage::
 
-    python -m benchmarks.init_control --dataset mouse_bladder --seeds 0 1 2 3 4 --resume
+    python -m benchmarks.singlecell.init_control --dataset mouse_bladder --seeds 0 1 2 3 4 --resume
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import pandas as pd
 import scvi
 import torch
 
-from ._models import ModelSpec
-from ._report import command_line, machine_description, write_report
-from .singlecell import fit, heldout_ll, prepare
+from .._models import ModelSpec
+from .._report import command_line, machine_description, write_report
+from .protocol import fit, heldout_ll, prepare
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 RESEEDED, TWIN = "SCVI, other stream", "MixSCVI(S=1) from SCVI's weights"
 # a finished seed is reused only under the same settings
 PROGRESS_SETTINGS = [
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = build_parser().parse_args(argv)
-    args.command = command_line("benchmarks.init_control", argv)
+    args.command = command_line("benchmarks.singlecell.init_control", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     reference_path = args.reference or (

@@ -20,7 +20,7 @@ The profiler's top operators by self time on the host and on the device are list
 
 Usage::
 
-    python -m benchmarks.image_profile --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1
+    python -m benchmarks.images.profile --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._models import ModelSpec
-from ._report import command_line, machine_description, write_report
-from ._timing import EpochTimer
+from .._models import ModelSpec
+from .._report import command_line, machine_description, write_report
+from .._timing import EpochTimer
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parents[1] / "results"
 TOP_OPERATORS = 6
 
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.command = command_line("benchmarks.image_profile", argv)
+    args.command = command_line("benchmarks.images.profile", argv)
     specs = [ModelSpec.parse(m) for m in args.models]
     if not all(spec.has_image_form for spec in specs):
         parser.error("scvi, H<n> and L<n> are single-cell models or options with no image form")

@@ -1,4 +1,4 @@
-"""The authors' own MISVAE training loop, timed on our data for :mod:`benchmarks.image_cost`.
+"""The authors' own MISVAE training loop, timed on our data for :mod:`benchmarks.images.cost`.
 
 Lagergren-Lab/MixtureVAEs (Kviman et al., ICML 2023) is not a dependency and none of its code
 is in this project: the benchmark imports it from a checkout the user names

@@ -7,7 +7,7 @@
 # Results are packed into $OUT/results.tgz after each stage, so a stage cut short keeps the
 # earlier ones; the log streams to $OUT/log.txt.
 #
-# Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/device_run_integration.sh [budget_s]
+# Usage: OUT=dir SCMIXVAE_DATA_DIR=dir bash benchmarks/integration/device_run.sh [budget_s]
 # A quick dry run on a CPU: SMOKE=1 (tiny data, few epochs). SKIP_PROFILE=1 skips stage 1;
 # KANG_MODELS and KANG_SEEDS choose stage 2's runs (an empty KANG_SEEDS: none).
 set -u
@@ -22,7 +22,7 @@ else
     PROFILE="--steps 40 --warmup 10 --subset 5000" KANG=""
 fi
 # shellcheck source=benchmarks/_device_common.sh
-source "$(dirname "$0")/_device_common.sh"
+source "$(dirname "$0")/../_device_common.sh"
 
 stamp device
 nvidia-smi -L 2>/dev/null
@@ -31,7 +31,7 @@ nvidia-smi -L 2>/dev/null
 
 stamp "image step profile"
 # shellcheck disable=SC2086
-[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 "$PY" -m benchmarks.image_profile \
+[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 150 "$PY" -m benchmarks.images.profile \
     --models S1 S5 S5:shared:A1 S50:shared:A1 S200:shared:A1 $PROFILE --out "$RES" \
     --stem image_profile_vanilla_gpu
 pack

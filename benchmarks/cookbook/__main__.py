@@ -1,0 +1,5 @@
+"""``python -m benchmarks.cookbook``."""
+
+from .summary import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m benchmarks.cost``."""
+
+from .epoch_time import main
+
+main()

@@ -1,0 +1,1 @@
+"""The image benchmarks: NLL against S, epoch cost, profiles, the authors' code."""

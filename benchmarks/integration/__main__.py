@@ -1,0 +1,5 @@
+"""``python -m benchmarks.integration``."""
+
+from .protocol import main
+
+main()

@@ -1,0 +1,5 @@
+"""``python -m benchmarks.label_transfer``."""
+
+from .protocol import main
+
+main()

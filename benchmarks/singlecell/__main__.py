@@ -1,0 +1,5 @@
+"""``python -m benchmarks.singlecell``."""
+
+from .protocol import main
+
+main()
