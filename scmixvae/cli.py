@@ -167,6 +167,20 @@ def _check_keys(adata, layer: str | None, batch_key: str | None, labels_key: str
             )
 
 
+def mixture_options(args: argparse.Namespace) -> dict:
+    """The mixture's, prior's and flow's constructor arguments from the command line."""
+    names = ("n_components", "shared_encoder", "n_sampled_components", "prior",
+             "n_prior_components", "flow_steps")  # fmt: skip
+    return {name: getattr(args, name) for name in names}
+
+
+def kl_warmup_plan(args: argparse.Namespace) -> dict:
+    """``plan_kwargs`` for ``--kl-warmup-epochs`` (empty: scvi-tools' default warm-up)."""
+    if args.kl_warmup_epochs is None:
+        return {}
+    return {"n_epochs_kl_warmup": args.kl_warmup_epochs}
+
+
 def _fit(args: argparse.Namespace) -> int:
     _check_fit_arguments(args)
     if Path(args.input).is_dir() or "://" in args.input:  # a SOMA experiment is a folder
@@ -197,22 +211,15 @@ def _fit(args: argparse.Namespace) -> int:
             batch_key=args.batch_key,
         )
         training = adata[:, adata.var["highly_variable"].to_numpy()].copy()
-    plan_kwargs = {} if args.kl_warmup_epochs is None else {
-        "n_epochs_kl_warmup": args.kl_warmup_epochs
-    }  # fmt: skip
+    plan_kwargs = kl_warmup_plan(args)
     start = time.perf_counter()
     model = tl.mixscvi(
         training,
-        n_components=args.n_components,
         layer=layer,
         batch_key=args.batch_key,
         labels_key=args.labels_key,
         max_epochs=args.epochs,
-        shared_encoder=args.shared_encoder,
-        n_sampled_components=args.n_sampled_components,
-        prior=args.prior,
-        n_prior_components=args.n_prior_components,
-        flow_steps=args.flow_steps,
+        **mixture_options(args),
         diagnostics=args.diagnostics,
         model_kwargs={"objective": args.objective, "n_latent": args.n_latent,
                       "gene_likelihood": args.gene_likelihood},

@@ -16,7 +16,7 @@ import time
 
 def fit_soma(args: argparse.Namespace) -> int:
     """Train MixSCVI from the SOMA experiment ``args.input``; write ``args.output``."""
-    from scmixvae.cli import InputError
+    from scmixvae.cli import InputError, kl_warmup_plan, mixture_options
 
     if args.batch_key is None:
         raise InputError(
@@ -45,26 +45,18 @@ def fit_soma(args: argparse.Namespace) -> int:
     model = MixSCVI(
         adata=None,
         registry=datamodule.registry,
-        n_components=args.n_components,
         objective=args.objective,
-        shared_encoder=args.shared_encoder,
-        n_sampled_components=args.n_sampled_components,
         n_latent=args.n_latent,
         gene_likelihood=args.gene_likelihood,
-        prior=args.prior,
-        n_prior_components=args.n_prior_components,
-        flow_steps=args.flow_steps,
+        **mixture_options(args),
     )
-    plan_kwargs = {} if args.kl_warmup_epochs is None else {
-        "n_epochs_kl_warmup": args.kl_warmup_epochs
-    }  # fmt: skip
     start = time.perf_counter()
     model.train(
         max_epochs=args.epochs,  # None: scvi-tools' heuristic from the number of cells
         datamodule=datamodule,
         accelerator=args.accelerator,
         enable_progress_bar=not args.no_progress_bar,
-        plan_kwargs=plan_kwargs,
+        plan_kwargs=kl_warmup_plan(args),
     )
     elapsed = time.perf_counter() - start
     if args.model_dir:

@@ -147,7 +147,7 @@ def _write_throughput(rows: list[dict], args: argparse.Namespace) -> None:
             f"| {r['cells_per_second']:,.0f} | {ratio} | {r['setup_seconds']:.0f} | {r['steps']} "
             f"| {r['peak_load']:.1f} |"
         )
-    write_report(args.out / "atlas_throughput", rows, lines)
+    write_report(args.out / args.stem, rows, lines)
     print("\n".join(lines))
 
 
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality-cells", type=int, default=100_000)
     parser.add_argument("--n-mc-samples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default="atlas_throughput", help="report name (throughput)")
     # one configuration, in its own process (the throughput study runs these)
     parser.add_argument("--store", choices=STORES)
     parser.add_argument("--model", choices=MODELS)

@@ -1,6 +1,12 @@
 """Train MixSCVI with N CPU processes (Lightning DDP over gloo); rank 0 writes JSON results.
 
-Usage: python train_ddp.py OUT.json N_PROCESSES
+Usage: python train_ddp.py OUT.json N_PROCESSES            (the cells in memory)
+       python train_ddp.py OUT.json N_PROCESSES STORE      (streamed from a SOMA experiment)
+       python train_ddp.py --write-soma STORE              (write that experiment first)
+
+The same 1,024 sorted-PBMC cells and 300 genes either way. From a store each rank streams its
+own part of every epoch (tiledbsoma-ml splits the cells by DDP rank), so two processes with half
+the minibatch take the steps of one.
 """
 
 from __future__ import annotations
@@ -19,21 +25,38 @@ from scmixvae import MixSCVI
 from scmixvae.datasets import load_counts
 
 
-def main(out: str, n_processes: int) -> None:
-    scvi.settings.seed = 0
+def cells():
     adata = load_counts("sorted_pbmc")
     adata = adata[np.random.default_rng(0).choice(adata.n_obs, 1024, replace=False)].copy()
     sc.pp.filter_genes(adata, min_cells=3)
-    adata = adata[:, :300].copy()
-    MixSCVI.setup_anndata(adata, layer="counts")
-    model = MixSCVI(adata, n_components=3)
-    kwargs = {
-        "max_epochs": 6,
-        "batch_size": 128 // n_processes,  # same global batch and steps as one process
-        "train_size": 1.0,
-        "enable_progress_bar": False,
-        "early_stopping": False,
-    }
+    return adata[:, :300].copy()
+
+
+def write_soma(store: str) -> None:
+    import tiledbsoma.io
+
+    adata = cells()
+    adata.X = adata.layers["counts"]
+    adata.obs["batch"] = "pbmc"
+    del adata.layers
+    tiledbsoma.io.from_anndata(store, adata, measurement_name="RNA")
+
+
+def main(out: str, n_processes: int, store: str | None = None) -> None:
+    scvi.settings.seed = 0
+    kwargs = {"max_epochs": 6, "enable_progress_bar": False, "early_stopping": False}
+    if store is None:
+        adata = cells()
+        MixSCVI.setup_anndata(adata, layer="counts")
+        model = MixSCVI(adata, n_components=3)
+        # same global batch and number of steps as one process
+        kwargs.update(batch_size=128 // n_processes, train_size=1.0)
+    else:
+        from scmixvae.singlecell.soma import soma_datamodule
+
+        datamodule = soma_datamodule(store, "batch", batch_size=128 // n_processes, train_size=1.0)
+        model = MixSCVI(adata=None, registry=datamodule.registry, n_components=3)
+        kwargs["datamodule"] = datamodule
     if n_processes > 1:
         kwargs.update(
             accelerator="cpu", devices=n_processes, strategy="ddp_find_unused_parameters_true"
@@ -45,11 +68,21 @@ def main(out: str, n_processes: int) -> None:
         return
     torch.set_num_threads(1)
     model.module.eval()
+    evaluation = {}
+    if store is not None:
+        from scmixvae.singlecell.soma import embed_soma, inference_datamodule
+
+        loader = inference_datamodule(model, store).inference_dataloader()
+        evaluation = {"dataloader": loader}
+        latent = embed_soma(model, store).obsm["X_mixscvi"]
+    else:
+        latent = model.get_latent_representation()
     result = {
         "n_processes": n_processes,
-        "world_size": model.trainer.world_size if hasattr(model, "trainer") else n_processes,
-        "elbo": float(model.get_elbo()),
-        "latent_finite": bool(np.isfinite(model.get_latent_representation()).all()),
+        "steps": int(model.trainer.global_step),
+        "elbo": float(model.get_elbo(**evaluation)),
+        "n_embedded": int(latent.shape[0]),
+        "latent_finite": bool(np.isfinite(latent).all()),
         "first_train_loss": float(model.history["train_loss"].iloc[0, 0]),
         "last_train_loss": float(model.history["train_loss"].iloc[-1, 0]),
         "train_seconds": seconds,
@@ -59,4 +92,7 @@ def main(out: str, n_processes: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "--write-soma":
+        write_soma(sys.argv[2])
+    else:
+        main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
