@@ -168,7 +168,7 @@ def quality(args: argparse.Namespace) -> list[dict]:
             path = args.data / f"atlas_{args.quality_cells}.{suffix}"
             model, data = _model("S5", store, path, args.batch_size, seed)
             start = time.perf_counter()
-            warmup = {"n_epochs_kl_warmup": max(1, args.epochs // 2)}
+            warmup = {"n_epochs_kl_warmup": args.epochs // 2 or None}  # None: no warm-up
             model.train(max_epochs=args.epochs, enable_progress_bar=False, early_stopping=False,
                         plan_kwargs=warmup, **data)  # fmt: skip
             seconds = time.perf_counter() - start
@@ -196,7 +196,7 @@ def _write_quality(rows: list[dict], args: argparse.Namespace) -> None:
         f"Command: `{command_line('benchmarks.atlas.measure', None)}`",
         "",
         f"MixSCVI S = 5 on the {args.quality_cells:,}-cell atlas, {args.epochs} epochs "
-        f"(KL warm-up {max(1, args.epochs // 2)}), batch {args.batch_size}, seeds {args.seeds}; "
+        f"(KL warm-up {args.epochs // 2 or 'none'}), batch {args.batch_size}, seeds {args.seeds}; "
         f"log p(x) per cell on 5,000 held-out cells, {args.n_mc_samples} importance samples. "
         f"Machine: {machine_description()}.",
         "",
