@@ -100,14 +100,12 @@ def test_training_device_resolves_as_scvi_tools_device_backed_splitter():
         assert isinstance(theirs, torch.device)
 
 
-def test_scvi_tools_still_has_the_file_reader_and_initialiser_datamodule_loading_uses():
-    """_compat.load_datamodule_model calls these two scvi-tools internals."""
+def test_scvi_tools_still_has_the_initialiser_datamodule_loading_uses():
+    """_compat.load_datamodule_model builds the model with this scvi-tools internal."""
     import inspect
 
     from scvi.model.base import _save_load
 
-    reader = inspect.signature(_save_load._load_saved_files).parameters
-    assert list(reader)[:2] == ["dir_path", "load_adata"] and "prefix" in reader
     assert list(inspect.signature(_save_load._initialize_model).parameters) == [
         "cls", "adata", "registry", "attr_dict", "datamodule",
     ]  # fmt: skip

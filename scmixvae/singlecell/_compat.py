@@ -172,32 +172,30 @@ class CollectionRows:
         return view.X if self.layer is None else view.layers[self.layer]
 
 
-def load_datamodule_model(cls, dir_path: str, prefix: str | None, datamodule=None):
-    """Load a model saved after training from a datamodule (``setup_datamodule``).
+def load_datamodule_model(cls, saved: dict, datamodule=None):
+    """The model saved in ``saved`` (a ``model.pt``'s content) after datamodule training.
 
     scvi-tools' ``load`` rebuilds such a module from the module class's named parameters
     only; the mixture module takes ``n_latent``, ``gene_likelihood`` and ``dispersion`` through
     ``**kwargs``, so that rebuild would lose them. Here the model class builds the module from
     the saved registry and constructor arguments, as when it was trained, and the weights load
-    into it. Uses scvi-tools' own file reader and model initialiser.
+    into it, through scvi-tools' own model initialiser.
     """
     import inspect
 
-    from scvi.model.base._save_load import _initialize_model, _load_saved_files
+    from scvi.model.base._save_load import _initialize_model
 
-    attr_dict, _, state, _ = _load_saved_files(dir_path, False, prefix=prefix, map_location="cpu")
+    attr_dict = dict(saved["attr_dict"])
     registry = attr_dict.pop("registry_")
     if registry.get("model_name", cls.__name__) != cls.__name__:
-        raise ValueError(
-            f"the model in {dir_path} is a {registry['model_name']}, not a {cls.__name__}."
-        )
+        raise ValueError(f"the saved model is a {registry['model_name']}, not a {cls.__name__}.")
     non_kwargs = attr_dict["init_params_"]["non_kwargs"]
     if "datamodule" in non_kwargs:  # saved as the datamodule's type
         non_kwargs["datamodule"] = None
     if "datamodule" not in inspect.signature(cls).parameters:
         datamodule = None
     model = _initialize_model(cls, None, registry, attr_dict, datamodule)
-    state.pop("pyro_param_store", None)
+    state = {k: v for k, v in saved["model_state_dict"].items() if k != "pyro_param_store"}
     model.module.load_state_dict(state)
     model.module.eval()
     return model

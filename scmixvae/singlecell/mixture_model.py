@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scvi.data._constants import ADATA_MINIFY_TYPE
+from scvi.model.base import BaseModelClass
 from scvi.module._constants import MODULE_KEYS
 
 from scmixvae.guards import NonFiniteLossGuard, RNGStateCheckpoint
@@ -47,11 +48,9 @@ ComponentSelection = int | Literal["all"] | None
 def _refuse_datamodule_reference(reference_model) -> None:
     """Refuse scArches mapping onto a reference trained from a datamodule (a SOMA store)."""
     if isinstance(reference_model, str | Path):
-        path = Path(reference_model) / "model.pt"
-        if not path.is_file():
+        if not (Path(reference_model) / "model.pt").is_file():
             return  # scvi-tools names the missing file
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        registry = saved.get("attr_dict", {}).get("registry_", {})
+        registry = BaseModelClass.load_registry(str(reference_model))
     else:
         registry = getattr(reference_model, "registry", None) or {}
     if registry.get("setup_method_name") == "setup_datamodule":
@@ -129,8 +128,6 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         callbacks += [guard, RNGStateCheckpoint()]
         result = super().train(*args, callbacks=callbacks, **kwargs)
         guard.raise_if_diverged()
-        if kwargs.get("datamodule") is not None and not device_data:
-            self._training_datamodule = kwargs["datamodule"]  # what save() needs, as default
         return result
 
     def save(
@@ -151,7 +148,8 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
         with the datamodule it was last trained with unless ``datamodule=`` names another.
         """
         if self.registry.get("setup_method_name") == "setup_datamodule":
-            kwargs.setdefault("datamodule", getattr(self, "_training_datamodule", None))
+            trainer = getattr(self, "trainer", None)  # Lightning keeps the datamodule it fit
+            kwargs.setdefault("datamodule", getattr(trainer, "datamodule", None))
             if kwargs["datamodule"] is None:
                 raise ValueError(
                     "this model was set up from a datamodule: pass datamodule=... to save() "
@@ -191,10 +189,9 @@ class MixtureModelMixin(MixtureDiagnosticsMixin):
                     saved["var_names"], adata.var_names, f"the model saved in {dir_path}"
                 )
             registry = saved.get("attr_dict", {}).get("registry_", {})
-            if not adata and registry.get("setup_method_name") == "setup_datamodule":
-                return _compat.load_datamodule_model(
-                    cls, dir_path, prefix, kwargs.get("datamodule")
-                )
+            from_datamodule = registry.get("setup_method_name") == "setup_datamodule"
+            if from_datamodule and not isinstance(adata, AnnData):
+                return _compat.load_datamodule_model(cls, saved, kwargs.get("datamodule"))
         with restoring_weights():  # the saved state holds the learned pseudo-inputs
             return super().load(dir_path, adata=adata, prefix=prefix, **kwargs)
 

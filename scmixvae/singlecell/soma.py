@@ -72,12 +72,9 @@ def _as_list(keys: str | Sequence[str] | None) -> list[str] | None:
 class _Snapshot:
     """What a datamodule saw of the store: cells, genes and the time it was opened."""
 
-    def __init__(self, uri: str, measurement: str, var_names_column: str | None):
-        tiledbsoma = _soma()
+    def __init__(self, exp, uri: str, measurement: str, var_names_column: str | None):
         self.uri, self.measurement = uri, measurement
-        self.timestamp_ms = int(time.time() * 1000)
-        with tiledbsoma.Experiment.open(uri, tiledb_timestamp=self.timestamp_ms) as exp:
-            self.n_obs, self.var_names = self._read(exp, var_names_column)
+        self.n_obs, self.var_names = self._read(exp, var_names_column)
 
     def _read(self, exp, var_names_column: str | None) -> tuple[int, list[str]]:
         var = exp.ms[self.measurement].var
@@ -109,13 +106,15 @@ class _Snapshot:
             )
 
 
-def _check_experiment(uri: str, measurement: str, layer: str, columns: list[str]) -> None:
+def _open_checked(uri: str, measurement: str, layer: str, columns: list[str]):
+    """The experiment opened at this moment (a pinned snapshot), its layout checked."""
     tiledbsoma = _soma()
     if not tiledbsoma.Experiment.exists(uri):
         raise FileNotFoundError(
             f"no SOMA experiment at {uri!r} (write one with tiledbsoma.io.from_h5ad)."
         )
-    with tiledbsoma.Experiment.open(uri) as exp:
+    exp = tiledbsoma.Experiment.open(uri, tiledb_timestamp=int(time.time() * 1000))
+    try:
         if measurement not in exp.ms:
             raise KeyError(
                 f"measurement {measurement!r} is not in the experiment {uri} "
@@ -131,6 +130,10 @@ def _check_experiment(uri: str, measurement: str, layer: str, columns: list[str]
         missing = [c for c in columns if c not in obs_columns]
         if missing:
             raise KeyError(f"{missing} not in the obs of {uri} (columns: {obs_columns}).")
+    except KeyError:
+        exp.close()
+        raise
+    return exp
 
 
 @contextmanager
@@ -189,8 +192,6 @@ def _datamodule_class():
             registry = super().registry
             x_state = registry["field_registries"]["X"]["state_registry"]
             x_state["column_names"] = list(self.snapshot.var_names)
-            if len(self.batch_column_names) == 1:  # an AnnData query names the same column
-                registry["setup_args"]["batch_key"] = self.batch_column_names[0]
             registry[SOMA_REGISTRY_KEY] = {
                 "measurement": self.snapshot.measurement,
                 "layer": self.layer,
@@ -261,9 +262,8 @@ def soma_datamodule(
             "batch_key is required to train from a SOMA experiment (scvi-tools' "
             "TileDBDataModule needs a batch column); name one, e.g. 'dataset_id'."
         )
-    _check_experiment(uri, measurement, layer, batch_columns + (label_columns or []))
-    snapshot = _Snapshot(uri, measurement, var_names_column)
-    exp = tiledbsoma.Experiment.open(uri, tiledb_timestamp=snapshot.timestamp_ms)
+    exp = _open_checked(uri, measurement, layer, batch_columns + (label_columns or []))
+    snapshot = _Snapshot(exp, uri, measurement, var_names_column)
     obs_query = tiledbsoma.AxisQuery(value_filter=obs_value_filter)
     query = exp.axis_query(measurement, obs_query=obs_query)
     return _datamodule_class()(
@@ -390,7 +390,7 @@ def embed_soma(
     ids = torch.cat(joinids).numpy()
     order = np.argsort(ids, kind="stable")
     ids, latent = ids[order], latent[order]
-    if len(np.unique(ids)) != len(ids) or len(ids) != datamodule.n_obs:
+    if len(ids) != datamodule.n_obs or (np.diff(ids) == 0).any():  # ids are sorted
         raise RuntimeError(
             f"the stream from {experiment} returned {len(ids)} cells for {datamodule.n_obs} "
             "selected; nothing was written."
