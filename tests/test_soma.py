@@ -20,6 +20,7 @@ import tiledbsoma.io
 from scmixvae import MixSCANVI, MixSCVI
 from scmixvae.cli import main
 from scmixvae.singlecell.soma import (
+    DEFAULT_MEMORY_BUDGET,
     StoreChangedError,
     embed_soma,
     inference_datamodule,
@@ -128,6 +129,41 @@ def test_bad_stores_get_one_line_errors(store, tmp_path):
         soma_datamodule(uri, "donor")
     with pytest.raises(ValueError, match="batch_key is required"):
         soma_datamodule(uri, [])
+    with pytest.raises(ValueError, match="memory_budget must be at least 64 MiB"):
+        soma_datamodule(uri, "batch", memory_budget=2**20)
+
+
+def test_a_layer_of_normalised_values_is_refused_and_fractional_counts_warn(tmp_path):
+    adata = _cells()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(adata.X.multiply(1e4 / adata.X.sum(axis=1)), dtype=np.float32)
+    uri = _store(tmp_path / "normalised", adata)
+    with pytest.raises(ValueError, match=r"X layer 'data' .*first 2000 cells.*not counts"):
+        soma_datamodule(uri, "batch")
+    soma_datamodule(uri, "batch", layer="counts")  # the raw counts beside it are accepted
+    soupx = _cells()
+    soupx.X.data[0] = 1.5  # one corrected (fractional) count
+    with pytest.warns(UserWarning, match="not all whole numbers"):
+        soma_datamodule(_store(tmp_path / "soupx", soupx.copy()), "batch")
+
+
+def test_reads_are_bounded_and_batches_match_scvi_tools_reading_every_cell(store):
+    uri, adata = store
+    datamodule = soma_datamodule(uri, "batch")
+    config = datamodule.query.experiment.context.tiledb_config
+    assert int(config["sm.mem.total_budget"]) == DEFAULT_MEMORY_BUDGET
+    override = {"sm.mem.total_budget": 2**27}
+    bounded = soma_datamodule(uri, "batch", tiledb_config=override)
+    assert int(bounded.query.experiment.context.tiledb_config["sm.mem.total_budget"]) == 2**27
+    # scvi-tools' own reading of the batch column (batch_labels=None inside its __init__)
+    from scvi.dataloaders import TileDBDataModule
+
+    upstream = TileDBDataModule(datamodule.query, batch_column_names=["batch"])
+    assert datamodule.batch_labels == sorted(upstream.batch_labels)
+    assert list(datamodule.batch_encoder.classes_) == list(upstream.batch_encoder.classes_)
+    two = soma_datamodule(uri, ["batch", "labels"])
+    expected = adata.obs["batch"].astype(str) + "//" + adata.obs["labels"].astype(str)
+    assert two.batch_labels == sorted(expected.unique())
 
 
 def test_a_store_with_other_genes_or_batches_is_refused(trained, tmp_path):

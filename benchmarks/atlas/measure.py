@@ -48,7 +48,8 @@ class StepClock(pl.Callback):
         self.times.append(time.perf_counter())
 
 
-def _model(kind: str, store: str, path: Path, batch_size: int, seed: int):
+def _model(kind: str, store: str, path: Path, batch_size: int, seed: int,
+           memory_budget_mib: int | None = None):  # fmt: skip
     """The model and its training arguments for one store."""
     import anndata as ad
     import scvi
@@ -60,8 +61,9 @@ def _model(kind: str, store: str, path: Path, batch_size: int, seed: int):
     options = {} if kind == "scvi" else {"n_components": 5}
     if store == "soma":
         name = "SCVI" if kind == "scvi" else "MixSCVI"
+        budget = {"memory_budget": memory_budget_mib * 2**20} if memory_budget_mib else {}
         dm = soma_datamodule(path, "batch", batch_size=batch_size, train_size=1.0, seed=seed,
-                             model_name=name)  # fmt: skip
+                             model_name=name, **budget)  # fmt: skip
         return cls(adata=None, registry=dm.registry, **options), {"datamodule": dm}
     adata = ad.read_h5ad(path, backed="r" if store == "backed" else None)
     cls.setup_anndata(adata, batch_key="batch")
@@ -73,7 +75,8 @@ def run_child(args: argparse.Namespace) -> dict:
 
     scvi.settings.seed = args.seed
     start = time.perf_counter()
-    model, data = _model(args.model, args.store, Path(args.path), args.batch_size, args.seed)
+    model, data = _model(args.model, args.store, Path(args.path), args.batch_size, args.seed,
+                         args.memory_budget)  # fmt: skip
     setup_seconds = time.perf_counter() - start
     clock = StepClock()
     limit = {"max_steps": args.max_steps} if args.max_steps else {}
@@ -86,6 +89,7 @@ def run_child(args: argparse.Namespace) -> dict:
     return {
         "store": args.store,
         "model": args.model,
+        "memory_budget_mib": args.memory_budget if args.store == "soma" else None,
         "n_cells": args.cells,
         "batch_size": args.batch_size,
         "steps": steps,
@@ -100,14 +104,14 @@ def run_child(args: argparse.Namespace) -> dict:
 def throughput(args: argparse.Namespace) -> list[dict]:
     rows = []
     for n_cells in args.cells:
-        for store in args.stores:
+        for store, budget in _store_budgets(args):
             for kind in args.models:
                 suffix = "soma" if store == "soma" else "h5ad"
                 path = args.data / f"atlas_{n_cells}.{suffix}"
                 cmd = [sys.executable, "-m", "benchmarks.atlas.measure", "child"]
                 cmd += ["--store", store, "--model", kind, "--path", str(path)]
                 cmd += ["--cells", str(n_cells), "--batch-size", str(args.batch_size)]
-                cmd += ["--max-steps", str(args.max_steps)]
+                cmd += ["--max-steps", str(args.max_steps), "--memory-budget", str(budget)]
                 with LoadMonitor() as load:
                     done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
@@ -118,6 +122,38 @@ def throughput(args: argparse.Namespace) -> list[dict]:
                 print(json.dumps(row), flush=True)
     _write_throughput(rows, args)
     return rows
+
+
+def _store_budgets(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(store, TileDB read budget in MiB) pairs: every budget for SOMA, one run otherwise."""
+    pairs = []
+    for store in args.stores:
+        budgets = args.memory_budgets if store == "soma" else args.memory_budgets[:1]
+        pairs += [(store, budget) for budget in budgets]
+    return pairs
+
+
+def _label(row: dict) -> str:
+    budget = row.get("memory_budget_mib")
+    return row["store"] + (f" ({budget:,} MiB reads)" if budget else "")
+
+
+def _growth_lines(rows: list[dict]) -> list[str]:
+    """Peak memory at the largest size against the smallest, per store and model."""
+    sizes = sorted({r["n_cells"] for r in rows})
+    if len(sizes) < 2:
+        return []
+    lines = ["", f"Peak RSS at {sizes[-1]:,} cells against {sizes[0]:,} (goal: within 10 %):", ""]
+    for r in rows:
+        if r["n_cells"] != sizes[0]:
+            continue
+        big = next((b for b in rows if b["n_cells"] == sizes[-1] and _label(b) == _label(r)
+                    and b["model"] == r["model"]), None)  # fmt: skip
+        if big:
+            change = big["peak_rss_gb"] / r["peak_rss_gb"] - 1
+            lines.append(f"- {_label(r)}, {r['model']}: {r['peak_rss_gb']:.2f} -> "
+                         f"{big['peak_rss_gb']:.2f} GiB ({change:+.0%})")  # fmt: skip
+    return lines
 
 
 def _write_throughput(rows: list[dict], args: argparse.Namespace) -> None:
@@ -143,10 +179,11 @@ def _write_throughput(rows: list[dict], args: argparse.Namespace) -> None:
                      and b["n_cells"] == r["n_cells"]), None)  # fmt: skip
         ratio = f"{r['cells_per_second'] / base['cells_per_second']:.2f}x" if base else "–"
         lines.append(
-            f"| {r['n_cells']:,} | {r['store']} | {r['model']} | {r['peak_rss_gb']:.2f} "
+            f"| {r['n_cells']:,} | {_label(r)} | {r['model']} | {r['peak_rss_gb']:.2f} "
             f"| {r['cells_per_second']:,.0f} | {ratio} | {r['setup_seconds']:.0f} | {r['steps']} "
             f"| {r['peak_load']:.1f} |"
         )
+    lines += _growth_lines(rows)
     write_report(args.out / args.stem, rows, lines)
     print("\n".join(lines))
 
@@ -228,11 +265,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-mc-samples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="atlas_throughput", help="report name (throughput)")
+    parser.add_argument("--memory-budgets", type=int, nargs="+", default=[512],
+                        help="TileDB read budgets (MiB) for the SOMA store; TileDB's own "
+                        "default is 10240")  # fmt: skip
     # one configuration, in its own process (the throughput study runs these)
     parser.add_argument("--store", choices=STORES)
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--path")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-budget", type=int, default=512, help="MiB (child)")
     args = parser.parse_args(argv)
     if args.study == "child":
         args.cells = args.cells[0]

@@ -8,6 +8,12 @@ counts from disk), with what an atlas user needs around it:
 - **a pinned snapshot**: the experiment is opened at the time the datamodule is made, so cells
   written to the store while a model trains are never mixed in; if the store has changed by the
   time training or inference starts, it is refused in one line;
+- **memory that does not grow with the atlas**: TileDB's read budget is bounded
+  (``memory_budget``; by default TileDB may buffer gigabytes more the larger the array), and
+  the batch labels are collected a chunk of ``obs`` at a time instead of reading the column
+  for every cell at once;
+- **raw counts checked**: the X layer's first stored values must be counts, as
+  ``setup_anndata`` checks an AnnData's;
 - **gene names in the registry** (the store's ``var`` id column, not TileDB join ids), so a
   model trained from disk checks the genes of any store or AnnData it is later given;
 - **embeddings in order**: :func:`embed_soma` streams every cell of a query once, in
@@ -32,7 +38,13 @@ from anndata import AnnData
 
 VAR_NAME_COLUMNS = ("var_id", "feature_id", "gene_ids", "feature_name", "gene_symbols")
 JOINID_KEY = "soma_joinid"
+# TileDB's sm.mem.total_budget for every read. Its own default (10 GiB) lets the sparse reader
+# buffer more the larger the X array is; 512 MiB kept peak memory flat from 1M to 2M cells with
+# no loss of throughput (benchmarks/results/atlas_throughput.md).
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+COUNTS_SAMPLE_CELLS = 2_000  # cells of the X layer checked for counts when a datamodule is made
 SOMA_REGISTRY_KEY = "soma"  # where a model's registry records how to read its store again
+BATCH_COLSEP = "//"  # how scvi-tools' TileDBDataModule joins several batch columns
 
 
 def _soma():
@@ -106,14 +118,29 @@ class _Snapshot:
             )
 
 
-def _open_checked(uri: str, measurement: str, layer: str, columns: list[str]):
+def _context(memory_budget: int, tiledb_config: dict[str, Any] | None):
+    """A SOMA context whose reads buffer at most ``memory_budget`` bytes."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
+        raise TypeError(f"memory_budget must be a number of bytes, got {memory_budget!r}.")
+    if memory_budget < 64 * 2**20:
+        raise ValueError(
+            f"memory_budget must be at least 64 MiB (67108864 bytes), got {memory_budget}: "
+            "TileDB cannot read a tile of counts in less."
+        )
+    config = {"sm.mem.total_budget": int(memory_budget)} | dict(tiledb_config or {})
+    return _soma().SOMATileDBContext(tiledb_config=config)
+
+
+def _open_checked(uri: str, measurement: str, layer: str, columns: list[str], context=None):
     """The experiment opened at this moment (a pinned snapshot), its layout checked."""
     tiledbsoma = _soma()
     if not tiledbsoma.Experiment.exists(uri):
         raise FileNotFoundError(
             f"no SOMA experiment at {uri!r} (write one with tiledbsoma.io.from_h5ad)."
         )
-    exp = tiledbsoma.Experiment.open(uri, tiledb_timestamp=int(time.time() * 1000))
+    exp = tiledbsoma.Experiment.open(
+        uri, tiledb_timestamp=int(time.time() * 1000), context=context
+    )
     try:
         if measurement not in exp.ms:
             raise KeyError(
@@ -130,10 +157,51 @@ def _open_checked(uri: str, measurement: str, layer: str, columns: list[str]):
         missing = [c for c in columns if c not in obs_columns]
         if missing:
             raise KeyError(f"{missing} not in the obs of {uri} (columns: {obs_columns}).")
-    except KeyError:
+        _check_counts_sample(exp.ms[measurement].X[layer], f"{uri} X layer {layer!r}")
+    except (KeyError, ValueError):
         exp.close()
         raise
     return exp
+
+
+def _check_counts_sample(X, where: str, n_cells: int = COUNTS_SAMPLE_CELLS) -> None:
+    """Refuse (or warn about) an X layer whose first cells do not hold counts.
+
+    The layer is too large to check whole; its first ``n_cells`` rows are checked as
+    ``setup_anndata`` checks an AnnData (:func:`~scmixvae.singlecell.validation.check_counts`).
+    """
+    import scipy.sparse as sp
+
+    from .validation import check_counts
+
+    table = X.read(coords=(slice(0, n_cells - 1),)).tables().concat()
+    if table.num_rows == 0:
+        return  # an empty layer (or first cells) has nothing to check; training finds no cells
+    rows = table["soma_dim_0"].to_numpy()
+    _, local_rows = np.unique(rows, return_inverse=True)
+    values = table["soma_data"].to_numpy()
+    sample = sp.csr_matrix(
+        (values, (local_rows, table["soma_dim_1"].to_numpy())),
+        shape=(int(local_rows.max()) + 1, int(X.shape[1])),
+    )
+    check_counts(
+        sample,
+        where=f"{where} (its first {n_cells} cells)",
+        hint="MixSCVI models raw counts: name the X layer that holds them with layer=...",
+    )
+
+
+def _batch_values(query, columns: list[str], sep: str) -> list[str]:
+    """The distinct batches of a query's cells, as scvi-tools joins the batch columns.
+
+    Read a chunk of ``obs`` at a time (scvi-tools reads the columns for every cell at once,
+    which grows with the atlas); sorted, the order scvi-tools' label encoder gives them.
+    """
+    seen: set[str] = set()
+    for table in query.obs(column_names=columns):
+        distinct = table.select(columns).group_by(columns).aggregate([]).to_pandas()
+        seen.update(distinct[columns].astype(str).agg(sep.join, axis=1))
+    return sorted(seen)
 
 
 @contextmanager
@@ -221,6 +289,8 @@ def soma_datamodule(
     batch_labels: Sequence[str] | None = None,
     io_batch_size: int = 65_536,
     model_name: str = "MixSCVI",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    tiledb_config: dict[str, Any] | None = None,
     **dataset_kwargs: Any,
 ):
     """A datamodule that streams raw counts from a SOMA experiment for training or inference.
@@ -248,6 +318,12 @@ def soma_datamodule(
         Cells read from disk at once (memory scales with it times the genes).
     model_name
         The class the model will be (``"MixSCVI"`` or ``"MixSCANVI"``); ``load`` checks it.
+    memory_budget
+        Bytes TileDB may buffer for a read (``sm.mem.total_budget``; at least 64 MiB). The
+        default, 512 MiB, keeps peak memory flat in the number of cells; TileDB's own default
+        (10 GiB) does not.
+    tiledb_config
+        Further TileDB settings (e.g. for cloud stores); they override ``memory_budget``.
 
     Returns
     -------
@@ -262,10 +338,13 @@ def soma_datamodule(
             "batch_key is required to train from a SOMA experiment (scvi-tools' "
             "TileDBDataModule needs a batch column); name one, e.g. 'dataset_id'."
         )
-    exp = _open_checked(uri, measurement, layer, batch_columns + (label_columns or []))
+    context = _context(memory_budget, tiledb_config)
+    exp = _open_checked(uri, measurement, layer, batch_columns + (label_columns or []), context)
     snapshot = _Snapshot(exp, uri, measurement, var_names_column)
     obs_query = tiledbsoma.AxisQuery(value_filter=obs_value_filter)
     query = exp.axis_query(measurement, obs_query=obs_query)
+    if batch_labels is None:  # else scvi-tools reads the batch columns of every cell at once
+        batch_labels = _batch_values(query, batch_columns, BATCH_COLSEP)
     return _datamodule_class()(
         query,
         snapshot,
@@ -345,10 +424,8 @@ def inference_datamodule(model, experiment: str | os.PathLike, **kwargs: Any):
     return datamodule
 
 
-def _obs_batches(datamodule) -> np.ndarray:
-    obs = datamodule.query.obs(column_names=datamodule.batch_column_names).concat().to_pandas()
-    columns = obs[datamodule.batch_column_names].astype(str)
-    return columns.agg(datamodule.batch_colsep.join, axis=1).unique()
+def _obs_batches(datamodule) -> list[str]:
+    return _batch_values(datamodule.query, datamodule.batch_column_names, datamodule.batch_colsep)
 
 
 def embed_soma(

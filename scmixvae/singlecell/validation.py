@@ -43,7 +43,11 @@ MAX_NON_INTEGER_SHARE = 0.5
 
 
 def check_counts(
-    matrix, where: str = "adata.X", chunk_rows: int = 50_000, chunk_values: int = 10_000_000
+    matrix,
+    where: str = "adata.X",
+    chunk_rows: int = 50_000,
+    chunk_values: int = 10_000_000,
+    hint: str | None = None,
 ) -> None:
     """Raise :class:`CountDataError` unless ``matrix`` holds counts.
 
@@ -70,6 +74,8 @@ def check_counts(
         Rows checked at a time for dense or backed input.
     chunk_values
         Stored values checked at a time for sparse input.
+    hint
+        What to do about a matrix that is not counts (default: the ``setup_anndata`` layer).
     """
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise CountDataError(f"{where} is empty (shape {tuple(matrix.shape)}).")
@@ -92,7 +98,7 @@ def check_counts(
     if not n_fractional:
         return
     share = n_fractional / max(1, n_values)
-    hint = (
+    hint = hint or (
         "MixSCVI models raw counts. Pass the raw counts (often adata.layers['counts'] or "
         "adata.raw) via setup_anndata(layer=...)."
     )
