@@ -41,3 +41,19 @@ def test_the_atlas_is_written_in_chunks_and_reads_back_in_both_formats(source, t
     with tiledbsoma.Experiment.open(str(tmp_path / "atlas.soma")) as exp:
         assert exp.obs.count == 1234
         assert exp.ms["RNA"].X["data"].nnz == info["nnz"]
+
+
+def test_the_throughput_report_names_each_read_budget_and_the_peak_growth():
+    from argparse import Namespace
+
+    from benchmarks.atlas.measure import _growth_lines, _store_budgets
+
+    args = Namespace(stores=["memory", "soma"], memory_budgets=[512, 10240])
+    assert _store_budgets(args) == [("memory", 512), ("soma", 512), ("soma", 10240)]
+    rows = [
+        {"store": "soma", "model": "S5", "memory_budget_mib": b, "n_cells": n, "peak_rss_gb": g}
+        for b, n, g in [(512, 10, 2.0), (512, 20, 2.1), (10240, 10, 3.0), (10240, 20, 3.6)]
+    ]
+    lines = "\n".join(_growth_lines(rows))
+    assert "soma (512 MiB reads), S5: 2.00 -> 2.10 GiB (+5%)" in lines
+    assert "soma (10,240 MiB reads), S5: 3.00 -> 3.60 GiB (+20%)" in lines
