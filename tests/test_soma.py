@@ -99,6 +99,8 @@ def test_mixscanvi_trains_and_predicts_from_the_store(store):
         adata=None, registry=datamodule.registry, datamodule=datamodule, n_components=2
     )
     model.train(max_epochs=2, datamodule=datamodule, **QUIET)
+    # scvi-tools recognises a labelled datamodule batch by its first keys; else no classifier
+    assert model.history["train_classification_loss"].notna().all().all()
     loader = inference_datamodule(model, uri).inference_dataloader()
     predicted = model.predict(dataloader=loader)
     assert predicted.shape == (adata.n_obs,)

@@ -253,7 +253,10 @@ def _datamodule_class():
             tensors = super().on_before_batch_transfer(batch, dataloader_idx)
             if JOINID_KEY in obs:
                 tensors[JOINID_KEY] = torch.from_numpy(obs[JOINID_KEY].to_numpy(np.int64))
-            return {k: v for k, v in tensors.items() if v is not None}
+            # scvi-tools' keys stay first and in order, None values included: its
+            # semi-supervised training plan recognises a labelled datamodule batch by its first
+            # five keys, and trains no classifier otherwise
+            return tensors
 
         @property
         def registry(self) -> dict:

@@ -2,6 +2,7 @@
 
 Usage: python train_ddp.py OUT.json N_PROCESSES            (the cells in memory)
        python train_ddp.py OUT.json N_PROCESSES STORE      (streamed from a SOMA experiment)
+       python train_ddp.py OUT.json N_PROCESSES STORE scanvi   (MixSCANVI, labels from the store)
        python train_ddp.py --write-soma STORE              (write that experiment first)
 
 The same 1,024 sorted-PBMC cells and 300 genes either way. From a store each rank streams its
@@ -21,7 +22,7 @@ import scanpy as sc
 import scvi
 import torch
 
-from scmixvae import MixSCVI
+from scmixvae import MixSCANVI, MixSCVI
 from scmixvae.datasets import load_counts
 
 
@@ -42,7 +43,7 @@ def write_soma(store: str) -> None:
     tiledbsoma.io.from_anndata(store, adata, measurement_name="RNA")
 
 
-def main(out: str, n_processes: int, store: str | None = None) -> None:
+def main(out: str, n_processes: int, store: str | None = None, kind: str = "scvi") -> None:
     scvi.settings.seed = 0
     kwargs = {"max_epochs": 6, "enable_progress_bar": False, "early_stopping": False}
     if store is None:
@@ -54,8 +55,16 @@ def main(out: str, n_processes: int, store: str | None = None) -> None:
     else:
         from scmixvae.singlecell.soma import soma_datamodule
 
-        datamodule = soma_datamodule(store, "batch", batch_size=128 // n_processes, train_size=1.0)
-        model = MixSCVI(adata=None, registry=datamodule.registry, n_components=3)
+        options = {"batch_size": 128 // n_processes, "train_size": 1.0}
+        if kind == "scanvi":
+            options.update(labels_key="cell_type", model_name="MixSCANVI")
+        datamodule = soma_datamodule(store, "batch", **options)
+        if kind == "scanvi":
+            model = MixSCANVI(
+                adata=None, registry=datamodule.registry, datamodule=datamodule, n_components=3
+            )
+        else:
+            model = MixSCVI(adata=None, registry=datamodule.registry, n_components=3)
         kwargs["datamodule"] = datamodule
     if n_processes > 1:
         kwargs.update(
@@ -75,9 +84,25 @@ def main(out: str, n_processes: int, store: str | None = None) -> None:
         loader = inference_datamodule(model, store).inference_dataloader()
         evaluation = {"dataloader": loader}
         latent = embed_soma(model, store).obsm["X_mixscvi"]
+        if kind == "scanvi":  # the inference stream is in soma_joinid order, as the store's obs
+            predicted = model.predict(
+                dataloader=inference_datamodule(model, store).inference_dataloader()
+            )
+            truth = cells().obs["cell_type"].astype(str).to_numpy()
+            evaluation["accuracy"] = float(np.mean(np.asarray(predicted) == truth))
+            evaluation["n_predicted"] = len(predicted)
+            # absent when the semi-supervised plan trained no classifier
+            history = model.history.get("train_accuracy")
+            evaluation["train_accuracy"] = None if history is None else float(history.iloc[-1, 0])
     else:
         latent = model.get_latent_representation()
+    scores = {
+        k: evaluation.pop(k)
+        for k in ("accuracy", "n_predicted", "train_accuracy")
+        if k in evaluation
+    }
     result = {
+        **scores,
         "n_processes": n_processes,
         "steps": int(model.trainer.global_step),
         "elbo": float(model.get_elbo(**evaluation)),
@@ -95,4 +120,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--write-soma":
         write_soma(sys.argv[2])
     else:
-        main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+        main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:5])
