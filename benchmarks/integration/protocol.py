@@ -64,6 +64,7 @@ from scmixvae.io import atomic_path
 
 from .._models import ModelSpec
 from .._report import command_line, machine_description, write_report
+from .paired import paired_lines
 
 RESULTS = Path(__file__).parents[1] / "results"
 TASKS = {"sorted_pbmc": ("batch", "cell_type"), "kang_ifnb": ("condition", None)}
@@ -323,6 +324,7 @@ def report_lines(task, adata, scores, by_method, runs, args, n_reused: int = 0) 
             mean, std = row[(column, "mean")], row[(column, "std")]
             cells.append(f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += paired_lines(scores)
     lines += ["", "| model | seed | epochs | stopped early | training seconds | trained on |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for run in runs:
