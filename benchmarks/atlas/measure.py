@@ -29,6 +29,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 
+from scmixvae.singlecell.soma import DEFAULT_MEMORY_BUDGET
+
 from .._memory import lifetime_peak_rss_gb
 from .._report import LoadMonitor, command_line, machine_description, write_report
 
@@ -36,6 +38,7 @@ RESULTS = Path(__file__).parents[1] / "results"
 STORES = ("memory", "backed", "soma")
 MODELS = ("scvi", "S5")
 WARMUP_STEPS = 10
+DEFAULT_BUDGET_MIB = DEFAULT_MEMORY_BUDGET // 2**20
 
 
 class StepClock(pl.Callback):
@@ -49,7 +52,7 @@ class StepClock(pl.Callback):
 
 
 def _model(kind: str, store: str, path: Path, batch_size: int, seed: int,
-           memory_budget_mib: int | None = None):  # fmt: skip
+           memory_budget_mib: int = DEFAULT_BUDGET_MIB):  # fmt: skip
     """The model and its training arguments for one store."""
     import anndata as ad
     import scvi
@@ -61,9 +64,8 @@ def _model(kind: str, store: str, path: Path, batch_size: int, seed: int,
     options = {} if kind == "scvi" else {"n_components": 5}
     if store == "soma":
         name = "SCVI" if kind == "scvi" else "MixSCVI"
-        budget = {"memory_budget": memory_budget_mib * 2**20} if memory_budget_mib else {}
         dm = soma_datamodule(path, "batch", batch_size=batch_size, train_size=1.0, seed=seed,
-                             model_name=name, **budget)  # fmt: skip
+                             model_name=name, memory_budget=memory_budget_mib * 2**20)  # fmt: skip
         return cls(adata=None, registry=dm.registry, **options), {"datamodule": dm}
     adata = ad.read_h5ad(path, backed="r" if store == "backed" else None)
     cls.setup_anndata(adata, batch_key="batch")
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-mc-samples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="atlas_throughput", help="report name (throughput)")
-    parser.add_argument("--memory-budgets", type=int, nargs="+", default=[512],
+    parser.add_argument("--memory-budgets", type=int, nargs="+", default=[DEFAULT_BUDGET_MIB],
                         help="TileDB read budgets (MiB) for the SOMA store; TileDB's own "
                         "default is 10240")  # fmt: skip
     # one configuration, in its own process (the throughput study runs these)
@@ -273,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--path")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-budget", type=int, default=512, help="MiB (child)")
+    parser.add_argument(
+        "--memory-budget", type=int, default=DEFAULT_BUDGET_MIB, help="MiB (child)"
+    )
     args = parser.parse_args(argv)
     if args.study == "child":
         args.cells = args.cells[0]

@@ -77,30 +77,24 @@ def main(out: str, n_processes: int, store: str | None = None, kind: str = "scvi
         return
     torch.set_num_threads(1)
     model.module.eval()
-    evaluation = {}
+    evaluation, scores = {}, {}
     if store is not None:
         from scmixvae.singlecell.soma import embed_soma, inference_datamodule
 
-        loader = inference_datamodule(model, store).inference_dataloader()
+        loader = inference_datamodule(model, store).inference_dataloader()  # re-iterable
         evaluation = {"dataloader": loader}
         latent = embed_soma(model, store).obsm["X_mixscvi"]
         if kind == "scanvi":  # the inference stream is in soma_joinid order, as the store's obs
-            predicted = model.predict(
-                dataloader=inference_datamodule(model, store).inference_dataloader()
-            )
+            predicted = np.asarray(model.predict(dataloader=loader))
             truth = cells().obs["cell_type"].astype(str).to_numpy()
-            evaluation["accuracy"] = float(np.mean(np.asarray(predicted) == truth))
-            evaluation["n_predicted"] = len(predicted)
-            # absent when the semi-supervised plan trained no classifier
-            history = model.history.get("train_accuracy")
-            evaluation["train_accuracy"] = None if history is None else float(history.iloc[-1, 0])
+            history = model.history.get("train_accuracy")  # absent: no classifier was trained
+            scores = {
+                "accuracy": float(np.mean(predicted == truth)),
+                "n_predicted": len(predicted),
+                "train_accuracy": None if history is None else float(history.iloc[-1, 0]),
+            }
     else:
         latent = model.get_latent_representation()
-    scores = {
-        k: evaluation.pop(k)
-        for k in ("accuracy", "n_predicted", "train_accuracy")
-        if k in evaluation
-    }
     result = {
         **scores,
         "n_processes": n_processes,
