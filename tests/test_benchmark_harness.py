@@ -393,8 +393,8 @@ def test_integration_harness(tmp_path, data_dir):
     def no_training(*_):
         raise AssertionError("a finished embedding was trained again")
 
-    keys, runs, reused = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
-    assert runs == payload["runs"] and len(keys) == 4 and reused == {}
+    keys, runs, reused, skipped = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
+    assert runs == payload["runs"] and len(keys) == 4 and reused == {} and skipped == []
 
 
 def test_integration_harness_on_kang_reports_batch_mixing_only(tmp_path, data_dir):
@@ -453,10 +453,11 @@ def test_integration_resume_keeps_reported_scores_without_the_embeddings(tmp_pat
 
     parsed = integration.build_parser().parse_args([*args, "--seeds", "0", "1", "--resume"])
     adata = integration.prepare("kang_ifnb", parsed)
-    keys, runs, reused = integration.embed("kang_ifnb", adata, parsed, train=record)
+    keys, runs, reused, skipped = integration.embed("kang_ifnb", adata, parsed, train=record)
     assert trained == [("SCVI", 1)] and keys == ["PCA", "Harmony", "SCVI seed 1"]
     assert reused == {"SCVI seed 0": first["per_embedding"]["SCVI seed 0"]}
     assert [r["seed"] for r in runs] == [0, 1] and runs[0] == first["runs"][0]
+    assert skipped == []
 
     (second,) = integration.main([*args, "--seeds", "0", "1", "--resume"])
     assert list(second["per_embedding"]) == ["PCA", "Harmony", "SCVI seed 0", "SCVI seed 1"]
@@ -470,6 +471,57 @@ def test_integration_resume_keeps_reported_scores_without_the_embeddings(tmp_pat
         [*args, "--seeds", "0", "--resume", "--max-epochs", "3"]
     )
     assert integration.reported_scores("kang_ifnb", other) == ({}, {})
+
+
+def test_score_trained_scores_what_is_on_disk_and_names_what_is_not(tmp_path, data_dir):
+    """A long run in progress is scored as it stands: nothing is trained, the gaps are named."""
+    pytest.importorskip("scib_metrics")
+    from benchmarks.integration import protocol as integration
+
+    args = ["--task", "kang_ifnb", "--models", "scvi", "--max-epochs", "2",
+            "--max-cells", "800", "--n-genes", "300", "--out", str(tmp_path)]  # fmt: skip
+    integration.main([*args, "--seeds", "0", "--train-only"])
+    with pytest.raises(SystemExit):
+        integration.main([*args, "--seeds", "0", "1", "--score-trained"])  # needs --resume
+    real_train = integration.train_embedding
+
+    def no_training(*_):
+        raise AssertionError("--score-trained trained a model")
+
+    integration.train_embedding = no_training
+    try:
+        (payload,) = integration.main([*args, "--seeds", "0", "1", "--resume", "--score-trained"])
+    finally:
+        integration.train_embedding = real_train
+    assert list(payload["per_embedding"]) == ["PCA", "Harmony", "SCVI seed 0"]
+    assert payload["not_trained"] == ["SCVI seed 1"]
+    report = (tmp_path / "integration_kang_ifnb.md").read_text()
+    assert "Not trained yet, so not in the tables: SCVI seed 1." in report
+
+
+@pytest.mark.parametrize("task", ["mouse_bladder", "worm_neuron"])
+def test_labelled_tasks_get_the_simulated_batch_and_their_cell_types(task, data_dir):
+    import numpy as np
+
+    from benchmarks.integration import protocol as integration
+    from scmixvae.datasets import load_counts
+
+    adata = integration.prepare(task, integration.build_parser().parse_args(["--task", task]))
+    assert integration.TASKS[task] == ("batch", "cell_type")
+    assert adata.obs["batch"].value_counts().to_dict() == {
+        "original": adata.n_obs // 2,
+        "thinned": adata.n_obs - adata.n_obs // 2,
+    }
+    labels = load_counts(task).obs["cell_type"]
+    assert adata.n_vars == 2000 and adata.n_obs == len(labels)
+    assert sorted(adata.obs["cell_type"].unique()) == sorted(labels.unique())
+    depth = np.asarray(adata.layers["counts"].sum(axis=1)).ravel()
+    thinned = (adata.obs["batch"] == "thinned").to_numpy()
+    # 50 % depth times capture efficiencies below 1: the thinned half has under half the counts
+    assert depth[thinned].mean() < 0.5 * depth[~thinned].mean()
+    assert np.allclose(adata.layers["counts"].data, np.round(adata.layers["counts"].data))
+    if task in integration.PER_BATCH_GENE_FILTER:
+        assert integration.detected_in_every_batch(adata, "batch", min_cells=3).all()
 
 
 def test_the_simulated_batch_thins_counts_as_documented():
