@@ -393,7 +393,9 @@ def test_integration_harness(tmp_path, data_dir):
     def no_training(*_):
         raise AssertionError("a finished embedding was trained again")
 
-    keys, runs, reused, skipped = integration.embed("sorted_pbmc", adata, parsed, train=no_training)
+    keys, runs, reused, skipped = integration.embed(
+        "sorted_pbmc", adata, parsed, train=no_training
+    )
     assert runs == payload["runs"] and len(keys) == 4 and reused == {} and skipped == []
 
 
