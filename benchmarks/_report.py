@@ -38,7 +38,7 @@ def machine_description() -> str:
 
 def command_line(module: str, argv: list[str] | None) -> str:
     """The shell command that ran ``module`` with ``argv`` (``None``: this process's arguments)."""
-    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return f"python -m {module} {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
 
 
 class LoadMonitor:

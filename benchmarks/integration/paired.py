@@ -11,7 +11,15 @@ SUMMARY_METRICS = ("Bio conservation", "Batch correction", "Total")
 REFERENCES = ("SCVI", "SysVI(prior=vamp)")
 
 
-def _per_seed(scores: pd.DataFrame, method: str) -> pd.DataFrame:
+def difference_cell(result: dict, p_holm: float) -> str:
+    """One paired difference as a table cell: mean ± std (better seeds, p, Holm)."""
+    return (
+        f"{result['minus']:+.3f} ± {result['minus_std']:.3f} ({result['better']}, "
+        f"p {result['p']:.2g}, Holm {p_holm:.2g})"
+    )
+
+
+def per_seed(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     """``method``'s rows of the score table, indexed by seed."""
     rows = [k for k in scores.index if k.split(" seed ")[0] == method and " seed " in k]
     frame = scores.loc[rows]
@@ -29,10 +37,10 @@ def paired_lines(scores: pd.DataFrame, metrics=SUMMARY_METRICS, references=REFER
     tests = []
     present = [r for r in references if r in methods]
     for reference in present:
-        base = _per_seed(scores, reference)
+        base = per_seed(scores, reference)
         # a reference is compared with the references before it once, not twice
         for method in (m for m in methods if m not in present[: present.index(reference) + 1]):
-            own = _per_seed(scores, method)
+            own = per_seed(scores, method)
             seeds = sorted(set(own.index) & set(base.index))
             if len(seeds) < 2:
                 continue
@@ -52,10 +60,7 @@ def paired_lines(scores: pd.DataFrame, metrics=SUMMARY_METRICS, references=REFER
     ]
     cells: dict[tuple[str, str], list[str]] = {}
     for (method, reference, _, r), p_holm in zip(tests, adjusted, strict=True):
-        cells.setdefault((method, reference), []).append(
-            f"{r['minus']:+.3f} ± {r['minus_std']:.3f} ({r['better']}, p {r['p']:.2g}, "
-            f"Holm {p_holm:.2g})"
-        )
+        cells.setdefault((method, reference), []).append(difference_cell(r, p_holm))
     for (method, reference), row in cells.items():
         lines.append(f"| {method} | {reference} | " + " | ".join(row) + " |")
     return lines
