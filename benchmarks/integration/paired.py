@@ -27,6 +27,15 @@ def per_seed(scores: pd.DataFrame, method: str) -> pd.DataFrame:
     return frame
 
 
+def paired_metrics(own: pd.DataFrame, base: pd.DataFrame, metrics) -> list[tuple[str, dict]]:
+    """``own`` minus ``base`` (score tables indexed by seed) on each metric, over the seeds
+    both have; empty under two seeds, where there is nothing to pair."""
+    seeds = sorted(set(own.index) & set(base.index))
+    if len(seeds) < 2:
+        return []
+    return [(m, paired_difference(own.loc[seeds, m], base.loc[seeds, m])) for m in metrics]
+
+
 def paired_lines(scores: pd.DataFrame, metrics=SUMMARY_METRICS, references=REFERENCES) -> list:
     """A markdown table of every trained model minus each reference, on the seeds both have.
 
@@ -40,12 +49,7 @@ def paired_lines(scores: pd.DataFrame, metrics=SUMMARY_METRICS, references=REFER
         base = per_seed(scores, reference)
         # a reference is compared with the references before it once, not twice
         for method in (m for m in methods if m not in present[: present.index(reference) + 1]):
-            own = per_seed(scores, method)
-            seeds = sorted(set(own.index) & set(base.index))
-            if len(seeds) < 2:
-                continue
-            for metric in metrics:
-                result = paired_difference(own.loc[seeds, metric], base.loc[seeds, metric])
+            for metric, result in paired_metrics(per_seed(scores, method), base, metrics):
                 tests.append((method, reference, metric, result))
     if not tests:
         return []

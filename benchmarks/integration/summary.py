@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._paired import holm, paired_difference
+from .._paired import holm
 from .._report import command_line, write_report
-from .paired import SUMMARY_METRICS, difference_cell, per_seed
+from .paired import SUMMARY_METRICS, difference_cell, paired_metrics, per_seed
 from .protocol import RESULTS, SIMULATED_BATCH
 
 REFERENCE = "SCVI"
@@ -48,11 +48,7 @@ def paired_with_reference(tasks: dict[str, pd.DataFrame]) -> list[dict]:
         base = per_seed(scores, REFERENCE)
         for method in (m for m in methods if m != REFERENCE):
             own = per_seed(scores, method)
-            seeds = sorted(set(own.index) & set(base.index))
-            if len(seeds) < 2:
-                continue
-            for metric in SUMMARY_METRICS:
-                result = paired_difference(own.loc[seeds, metric], base.loc[seeds, metric])
+            for metric, result in paired_metrics(own, base, SUMMARY_METRICS):
                 rows.append({"task": task, "model": method, "metric": metric} | result)
     if rows:
         adjusted = holm(np.array([r["p"] for r in rows]))
