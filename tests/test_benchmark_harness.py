@@ -524,6 +524,10 @@ def test_labelled_tasks_get_the_simulated_batch_and_their_cell_types(task, data_
     assert np.allclose(adata.layers["counts"].data, np.round(adata.layers["counts"].data))
     if task in integration.PER_BATCH_GENE_FILTER:
         assert integration.detected_in_every_batch(adata, "batch", min_cells=3).all()
+    # the report's note names the thinning that was run, not the default's
+    other = integration.build_parser().parse_args(["--depth", "0.3", "--efficiency-sigma", "1"])
+    assert "thinned to 30 % depth" in integration.task_note(task, other)
+    assert "exp(N(0, 1^2))" in integration.task_note(task, other)
 
 
 def test_the_simulated_batch_thins_counts_as_documented():

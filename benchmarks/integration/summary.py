@@ -25,10 +25,10 @@ import pandas as pd
 
 from .._paired import holm
 from .._report import command_line, write_report
-from .paired import SUMMARY_METRICS, difference_cell, paired_metrics, per_seed
+from .paired import REFERENCES, SUMMARY_METRICS, difference_cell, paired_metrics, per_seed
 from .protocol import RESULTS, SIMULATED_BATCH
 
-REFERENCE = "SCVI"
+REFERENCE = REFERENCES[0]  # SCVI
 
 
 def task_scores(path: Path) -> pd.DataFrame:
