@@ -33,7 +33,10 @@ case "$stage" in
       sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" "${KEPT[@]}"
     done ;;
   sweep)  # the VampPrior's K, from SysVI's 5 to hundreds
-    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300 ;;
+    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300
+    for dataset in worm_neuron sorted_pbmc; do
+      sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp300
+    done ;;
   shared)  # the cheap mixture with the recommended recipe
     sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:shared:A1:vamp S50:shared:A1:vamp ;;
   depth)  # the recipes at two layers
@@ -44,7 +47,9 @@ case "$stage" in
     sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:L2:vamp S1:L2:vamp:F2 ;;
   cost)  # epoch time against SCVI, alone on the machine
     python -m benchmarks.cost --cells 10000 --repeats 2 --stem cost_cookbook \
-      --models scvi scvi:L2 S1:vamp S1:mog S1:F2 S1:vamp:F2 S5 S5:vamp ;;
+      --models scvi scvi:L2 S1:vamp S1:mog S1:F2 S1:vamp:F2 S5 S5:vamp
+    python -m benchmarks.cost --cells 10000 --repeats 2 --stem cost_vamp_k \
+      --models scvi S1:vamp S1:vamp20 S1:vamp300 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
 python -m benchmarks.cookbook --datasets mouse_bladder sorted_pbmc worm_neuron || true
