@@ -28,6 +28,15 @@ def test_each_model_is_paired_by_seed_with_each_reference_once():
     assert table[0].split("|")[3].strip().startswith("+0.093 ± 0.017 (3/3, p ")
 
 
+def test_a_batch_only_task_is_paired_on_the_metrics_it_has():
+    # Kang's table has batch-correction scores only; the default metrics name three columns
+    scores = _scores().rename(columns={"Bio conservation": "Batch correction"})
+    scores = scores.drop(columns="Total")
+    lines = paired_lines(scores)
+    assert "| model | reference | Batch correction |" in lines
+    assert "Holm over the table's 3 tests" in "\n".join(lines)
+
+
 def test_no_table_without_a_reference():
     scores = _scores().drop(index=[k for k in _scores().index if k.startswith(("SCVI", "SysVI"))])
     assert paired_lines(scores) == []

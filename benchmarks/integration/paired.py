@@ -41,7 +41,10 @@ def paired_lines(scores: pd.DataFrame, metrics=SUMMARY_METRICS, references=REFER
 
     Cells: mean ± std of the differences, seeds where the model scores higher, the paired
     t-test's p and Holm's adjustment over every test in the table. Empty without a reference.
+    Only the ``metrics`` the table has are paired (a batch-only task such as Kang has no
+    bio-conservation or total).
     """
+    metrics = [m for m in metrics if m in scores.columns]
     methods = list(dict.fromkeys(k.split(" seed ")[0] for k in scores.index if " seed " in k))
     tests = []
     present = [r for r in references if r in methods]
