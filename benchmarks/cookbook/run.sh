@@ -33,9 +33,8 @@ case "$stage" in
       sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" "${KEPT[@]}"
     done ;;
   sweep)  # the VampPrior's K, from SysVI's 5 to hundreds
-    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300
-    for dataset in worm_neuron sorted_pbmc; do
-      sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp300
+    for dataset in mouse_bladder worm_neuron sorted_pbmc; do
+      sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300
     done ;;
   shared)  # the cheap mixture with the recommended recipe
     sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:shared:A1:vamp S50:shared:A1:vamp ;;
