@@ -17,7 +17,7 @@ from benchmarks.cookbook import summary as cookbook
 @pytest.mark.parametrize(
     ("code", "name", "kwargs"),
     [
-        ("S5:vamp", "MixSCVI(S=5, prior=vamp)", {"prior": "vamp"}),
+        ("S5:vamp", "MixSCVI(S=5, prior=vamp)", {"prior": "vamp", "n_prior_components": 5}),
         ("S1:vamp50:F2", "MixSCVI(S=1, prior=vamp K=50, flow=2)",
          {"prior": "vamp", "n_prior_components": 50, "flow_steps": 2}),
         ("S5:mog10", "MixSCVI(S=5, prior=mog K=10)", {"prior": "mog", "n_prior_components": 10}),
@@ -30,6 +30,18 @@ def test_recipe_codes(code, name, kwargs):
     assert ModelSpec.parse(spec.code) == spec
     assert spec.name == name and spec.recipe_kwargs == kwargs
     assert spec.has_image_form == (not kwargs and code == "S5")
+
+
+def test_an_unnumbered_prior_keeps_the_stored_reports_k_when_the_library_default_moves(
+    monkeypatch,
+):
+    from scmixvae.singlecell import module_priors
+
+    monkeypatch.setattr(module_priors, "DEFAULT_N_PRIOR_COMPONENTS", 300)
+    spec = ModelSpec.parse("S1:mog")
+    assert spec.recipe_kwargs["n_prior_components"] == 5
+    chosen = ModelSpec.parse("S1:vamp")._pseudo_input_kwargs(np.arange(1000))
+    assert len(chosen["pseudoinputs_data_indices"]) == 5
 
 
 def test_sysvi_and_unknown_recipe_codes():
