@@ -208,6 +208,30 @@ def test_save_load_and_minify_keep_the_recipe(composite, pbmc, tmp_path):
     np.testing.assert_allclose(model.get_latent_representation(), before, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("prior", ["vamp", "mog"])
+def test_a_model_saved_with_the_default_k_restores_after_the_default_moves(
+    prior, monkeypatch, tmp_path
+):
+    from scmixvae.singlecell import model as model_module
+    from scmixvae.singlecell import module_priors
+
+    scvi.settings.seed = 0
+    adata = synthetic_iid()
+    MixSCVI.setup_anndata(adata)
+    saved = MixSCVI(adata, n_components=2, prior=prior, n_latent=4)
+    assert saved.init_params_["non_kwargs"]["n_prior_components"] == 5
+    saved.save(tmp_path / "model")
+    for where in (model_module, module_priors):
+        monkeypatch.setattr(where, "DEFAULT_N_PRIOR_COMPONENTS", 7)
+    loaded = MixSCVI.load(str(tmp_path / "model"), adata=adata)
+    for key, value in saved.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[key], value, msg=key)
+    # given indices set K; a fresh model takes the moved default
+    indices = MixSCVI(adata, prior="vamp", pseudoinputs_data_indices=[0, 3, 9])
+    assert indices.init_params_["non_kwargs"]["n_prior_components"] == 3
+    assert MixSCVI(adata, prior=prior).module.prior.n_prior_components == 7
+
+
 def test_query_mapping_freezes_the_prior_and_flow(tmp_path):
     scvi.settings.seed = 0
     adata = synthetic_iid(n_batches=2)

@@ -164,6 +164,14 @@ class MixSCVI(
             raise ValueError(
                 f"pseudoinputs_data_indices is for prior='vamp' only (got prior={prior!r})."
             )
+        if prior != "standard_normal" and n_prior_components is None:
+            # K written into the saved init params, so that a saved model restores its own K
+            # even if the default moves
+            n_prior_components = (
+                DEFAULT_N_PRIOR_COMPONENTS
+                if pseudoinputs_data_indices is None
+                else len(np.asarray(pseudoinputs_data_indices).reshape(-1))
+            )
         if adata is None and prior == "vamp":
             raise ValueError(
                 "prior='vamp' needs an AnnData: its pseudo-inputs start on real cells; trained "
