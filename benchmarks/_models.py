@@ -6,7 +6,8 @@ A model is written on the command line as ``scvi[:L<n>]`` or ``S<n>[:<option>...
 head of ``n`` units; results up to commit cb8f48b used ``H64``), ``L<n>`` (``n_layers``
 hidden layers in the encoder *and* the decoder, as scvi-tools' ``n_layers``) and ``D`` (trained
 with the counts resident on the device, ``train(device_data=True)``), and the cookbook's other
-recipes: ``vamp[<K>]`` / ``mog[<K>]`` (the latent prior, ``K`` components, default 5) and
+recipes: ``vamp[<K>]`` / ``mog[<K>]`` (the latent prior, ``K`` components; 5, SysVI's, when no
+``K`` is written, whatever the library's default) and
 ``F<n>`` (``n`` latent flow steps): ``S5``, ``S5:ensemble``, ``S50:shared:A1``,
 ``S50:shared:A1:H64``, ``scvi:L2``, ``S5:D``, ``S5:vamp``, ``S1:vamp50:F2``. ``sysvi`` is
 scvi-tools' ``SysVI(prior="vamp")`` with its documented defaults (5 pseudo-inputs, its own

@@ -86,7 +86,7 @@ def _add_fit_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--n-prior-components", type=int, default=None, metavar="K",
-        help="pseudo-inputs of the VampPrior, or Gaussians of the mixture prior (default 5)",
+        help="pseudo-inputs of the VampPrior, or Gaussians of the mixture prior (default 20)",
     )  # fmt: skip
     p.add_argument(
         "--flow-steps", type=int, default=0,

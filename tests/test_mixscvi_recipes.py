@@ -219,7 +219,8 @@ def test_a_model_saved_with_the_default_k_restores_after_the_default_moves(
     adata = synthetic_iid()
     MixSCVI.setup_anndata(adata)
     saved = MixSCVI(adata, n_components=2, prior=prior, n_latent=4)
-    assert saved.init_params_["non_kwargs"]["n_prior_components"] == 5
+    default = module_priors.DEFAULT_N_PRIOR_COMPONENTS
+    assert saved.init_params_["non_kwargs"]["n_prior_components"] == default == 20
     saved.save(tmp_path / "model")
     for where in (model_module, module_priors):
         monkeypatch.setattr(where, "DEFAULT_N_PRIOR_COMPONENTS", 7)

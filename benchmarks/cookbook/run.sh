@@ -32,10 +32,11 @@ case "$stage" in
       seed_in "$dataset"
       sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" "${KEPT[@]}"
     done ;;
-  sweep)  # the VampPrior's K, from SysVI's 5 to hundreds
+  sweep)  # the VampPrior's K, from SysVI's 5 to hundreds (at S = 5 on bladder)
     for dataset in mouse_bladder worm_neuron sorted_pbmc; do
       sc --datasets "$dataset" --seeds ${seeds[*]} --models "${BASE[@]}" S1:vamp S1:vamp20 S1:vamp100 S1:vamp300
-    done ;;
+    done
+    sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:vamp S5:vamp20 S5:vamp300 ;;
   shared)  # the cheap mixture with the recommended recipe
     sc --datasets mouse_bladder --seeds ${seeds[*]} --models "${BASE[@]}" S5:shared:A1:vamp S50:shared:A1:vamp ;;
   depth)  # the recipes at two layers
@@ -48,7 +49,7 @@ case "$stage" in
     python -m benchmarks.cost --cells 10000 --repeats 2 --stem cost_cookbook \
       --models scvi scvi:L2 S1:vamp S1:mog S1:F2 S1:vamp:F2 S5 S5:vamp
     python -m benchmarks.cost --cells 10000 --repeats 2 --stem cost_vamp_k \
-      --models scvi S1:vamp S1:vamp20 S1:vamp300 ;;
+      --models scvi S1:vamp S1:vamp20 S1:vamp300 S5:vamp S5:vamp20 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
 python -m benchmarks.cookbook --datasets mouse_bladder sorted_pbmc worm_neuron || true

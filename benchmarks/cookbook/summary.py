@@ -36,7 +36,7 @@ OUT = Path(__file__).parents[1] / "results" / "cookbook"
 MODELS = ["scvi", "scvi:L2", "S1", "S5", "S5:L2", "S1:vamp", "S5:vamp", "S1:mog", "S5:mog",
           "S1:F2", "S5:F2", "S1:vamp:F2", "S5:vamp:F2", "S1:L2:vamp", "S5:L2:vamp",
           "S1:L2:vamp:F2", "S5:shared:A1:vamp", "S1:vamp20", "S1:vamp100",
-          "S1:vamp300"]  # fmt: skip
+          "S1:vamp300", "S5:vamp20", "S5:vamp300"]  # fmt: skip
 DEEPER = "SCVI(n_layers=2)"
 # (column, metric, the model each recipe is paired with)
 COMPARISONS = [

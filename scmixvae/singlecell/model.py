@@ -102,7 +102,8 @@ class MixSCVI(
         those cells' batch and categorical covariates, fixed) or ``"mog"`` (a learned mixture
         of ``n_prior_components`` Gaussians, as MrVI's).
     n_prior_components
-        ``K`` of the VampPrior or the Gaussian mixture (default 5, SysVI's).
+        ``K`` of the VampPrior or the Gaussian mixture (default 20; SysVI's is 5, which
+        held-out likelihood measured too few with one encoder).
     pseudoinputs_data_indices
         Cells (row indices of ``adata``) the VampPrior's pseudo-inputs start from; default
         ``n_prior_components`` cells drawn at random (reproducible under

@@ -84,7 +84,8 @@ class MixVAE(PriorFlowMixin, MixtureEvaluationMixin, VAE):
         pseudo-inputs through the mixture encoder, :class:`~scmixvae.mixture.VampPrior`) or
         ``"mog"`` (a learned Gaussian mixture, :class:`~scmixvae.mixture.MixtureOfGaussiansPrior`).
     n_prior_components
-        ``K`` of the VampPrior or the Gaussian mixture (default 5, SysVI's).
+        ``K`` of the VampPrior or the Gaussian mixture (default 20; SysVI's is 5, which
+        held-out likelihood measured too few with one encoder).
     pseudo_inputs, pseudo_input_batch, pseudo_input_cat_covs
         The VampPrior's initial pseudo-inputs, ``[K, G]`` (``log1p`` counts, with the
         continuous covariates appended when they are encoded), and their fixed batch
