@@ -12,6 +12,8 @@ logger = logging.getLogger("scmixvae")
 # kept in step with scmixvae.mixture.OBJECTIVES (a test checks); importing it here would make
 # `--help` pay for torch
 OBJECTIVE_CHOICES = ("miselbo", "ensemble", "some_to_some")
+# kept in step with scmixvae.singlecell.module_priors.DEFAULT_N_PRIOR_COMPONENTS (a test checks)
+DEFAULT_N_PRIOR_COMPONENTS = 20
 
 
 def _add_mixture_options(p: argparse.ArgumentParser, default_components: int) -> None:
@@ -86,7 +88,8 @@ def _add_fit_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--n-prior-components", type=int, default=None, metavar="K",
-        help="pseudo-inputs of the VampPrior, or Gaussians of the mixture prior (default 20)",
+        help="pseudo-inputs of the VampPrior, or Gaussians of the mixture prior (default "
+        f"{DEFAULT_N_PRIOR_COMPONENTS})",
     )  # fmt: skip
     p.add_argument(
         "--flow-steps", type=int, default=0,

@@ -70,10 +70,12 @@ def test_fit_trains_the_composite_recipe(small_h5ad, tmp_path):
 
 
 def test_both_commands_spell_the_mixture_options_alike():
-    from scmixvae.cli import OBJECTIVE_CHOICES, build_parser
+    from scmixvae.cli import DEFAULT_N_PRIOR_COMPONENTS, OBJECTIVE_CHOICES, build_parser
     from scmixvae.mixture import OBJECTIVES
+    from scmixvae.singlecell import module_priors
 
     assert OBJECTIVE_CHOICES == OBJECTIVES
+    assert DEFAULT_N_PRIOR_COMPONENTS == module_priors.DEFAULT_N_PRIOR_COMPONENTS
     parser = build_parser()
     for command in (["fit", "in.h5ad", "out.h5ad"], ["image", "train", "--out", "o"]):
         for spelling in ("--n-components", "--components"):

@@ -242,17 +242,14 @@ class MixSCVI(
             self.module.minified_data_type = self.minified_data_type
         self.init_params_ = self._get_init_params(locals())
 
-    def _pseudo_inputs(self, prior: str, n_prior_components, indices) -> dict:
-        """The VampPrior's starting pseudo-inputs and covariates (placeholders on restore)."""
+    def _pseudo_inputs(self, prior: str, n_prior_components: int, indices) -> dict:
+        """The VampPrior's starting pseudo-inputs and covariates (placeholders on restore);
+        ``n_prior_components`` is already resolved by ``__init__``."""
         if prior != "vamp":
             return {}
         if is_restoring() or self.minified_data_type is not None:
-            return placeholder_pseudo_inputs(
-                self.adata_manager, n_prior_components, indices, DEFAULT_N_PRIOR_COMPONENTS
-            )
-        cells = choose_cells(
-            self.summary_stats.n_cells, n_prior_components, indices, DEFAULT_N_PRIOR_COMPONENTS
-        )
+            return placeholder_pseudo_inputs(self.adata_manager, n_prior_components)
+        cells = choose_cells(self.summary_stats.n_cells, n_prior_components, indices)
         return {
             "n_prior_components": len(cells),
             **pseudo_inputs_from_cells(self.adata_manager, cells, self._module_kwargs),

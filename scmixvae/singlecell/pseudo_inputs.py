@@ -33,9 +33,7 @@ def restoring_weights() -> Iterator[None]:
         _RESTORING.reset(token)
 
 
-def choose_cells(
-    n_obs: int, n_prior_components: int | None, indices: Sequence[int] | None, default: int
-) -> np.ndarray:
+def choose_cells(n_obs: int, n_prior_components: int, indices: Sequence[int] | None) -> np.ndarray:
     """The cells the pseudo-inputs start from, with one-line errors for impossible requests."""
     if indices is not None:
         chosen = np.asarray(indices)
@@ -49,13 +47,13 @@ def choose_cells(
                 f"pseudoinputs_data_indices must lie in [0, {n_obs}) (the registered cells), got "
                 f"values from {chosen.min()} to {chosen.max()}."
             )
-        if n_prior_components is not None and n_prior_components != chosen.size:
+        if n_prior_components != chosen.size:
             raise ValueError(
                 f"n_prior_components={n_prior_components} but {chosen.size} "
                 "pseudoinputs_data_indices were given: give one, or make them agree."
             )
         return chosen
-    k = default if n_prior_components is None else n_prior_components
+    k = n_prior_components
     if k > n_obs:
         raise ValueError(
             f"n_prior_components={k} exceeds the {n_obs} registered cells the pseudo-inputs "
@@ -92,11 +90,8 @@ def pseudo_inputs_from_cells(
     return out
 
 
-def placeholder_pseudo_inputs(
-    adata_manager, n_prior_components: int | None, indices, default: int
-) -> dict:
+def placeholder_pseudo_inputs(adata_manager, k: int) -> dict:
     """Shapes only, for a saved state to fill: ``K`` and zero categorical covariates."""
-    k = len(indices) if indices is not None else (n_prior_components or default)
     out: dict = {"n_prior_components": k}
     if REGISTRY_KEYS.CAT_COVS_KEY in adata_manager.data_registry:
         n_cat = len(adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).field_keys)
