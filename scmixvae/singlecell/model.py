@@ -243,8 +243,10 @@ class MixSCVI(
         self.init_params_ = self._get_init_params(locals())
 
     def _pseudo_inputs(self, prior: str, n_prior_components: int, indices) -> dict:
-        """The VampPrior's starting pseudo-inputs and covariates (placeholders on restore);
-        ``n_prior_components`` is already resolved by ``__init__``."""
+        """The VampPrior's starting pseudo-inputs and covariates (placeholders on restore).
+
+        ``n_prior_components`` is the K that ``__init__`` resolved (never ``None``).
+        """
         if prior != "vamp":
             return {}
         if is_restoring() or self.minified_data_type is not None:

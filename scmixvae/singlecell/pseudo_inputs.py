@@ -53,17 +53,15 @@ def choose_cells(n_obs: int, n_prior_components: int, indices: Sequence[int] | N
                 "pseudoinputs_data_indices were given: give one, or make them agree."
             )
         return chosen
-    k = n_prior_components
-    if k > n_obs:
+    if n_prior_components > n_obs:
         raise ValueError(
-            f"n_prior_components={k} exceeds the {n_obs} registered cells the pseudo-inputs "
-            "start from; use at most that many."
+            f"n_prior_components={n_prior_components} exceeds the {n_obs} registered cells the "
+            "pseudo-inputs start from; use at most that many."
         )
     # a generator of its own, seeded from torch's seed (scvi.settings.seed sets it): the same
     # cells for the same seed, and no draw taken from the global streams
-    return np.sort(
-        np.random.default_rng(torch.initial_seed()).choice(n_obs, size=k, replace=False)
-    )
+    rng = np.random.default_rng(torch.initial_seed())
+    return np.sort(rng.choice(n_obs, size=n_prior_components, replace=False))
 
 
 def pseudo_inputs_from_cells(
